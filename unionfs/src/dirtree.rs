@@ -1,0 +1,339 @@
+//! [`DirTree`]: a lower tree over a plain directory (a `lowerdir=` of kernel overlayfs).
+//!
+//! This file is the one place in `unionfs` that parses the on-disk whiteout spellings of a lower
+//! directory: `.wh.NAME` files and char 0/0 devices are whiteouts; a `.wh..wh..opq` file or an
+//! opaque xattr (`trusted.overlay.opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`
+//! = `y`) marks an opaque directory.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+
+use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId, bad_node};
+use crate::xattr;
+
+/// Prefix of AUFS-style whiteout files (`.wh.NAME` hides `NAME`).
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the AUFS-style opaque marker file.
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Xattrs that mark a directory opaque when set to `y`.
+pub(crate) const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+
+/// Whether a stat result is an overlayfs whiteout (char device 0/0).
+pub(crate) fn is_whiteout_dev(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+/// Whether the directory at `path` is opaque by any of the known markers.
+pub(crate) fn dir_is_opaque(path: &Path) -> bool {
+    OPAQUE_XATTRS
+        .iter()
+        .any(|x| matches!(xattr::get(path, x.as_bytes()), Ok(Some(v)) if v == b"y"))
+        || path.join(OPAQUE_MARKER).symlink_metadata().is_ok()
+}
+
+pub(crate) fn kind_of(md: &std::fs::Metadata) -> EntryKind {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_char_device() {
+        if md.rdev() == 0 {
+            EntryKind::Whiteout
+        } else {
+            EntryKind::CharDev
+        }
+    } else if ft.is_block_device() {
+        EntryKind::BlockDev
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else {
+        EntryKind::File
+    }
+}
+
+/// Interned nodes: relative path per id, id per path and per hard-linked (dev, ino).
+#[derive(Debug, Default)]
+struct Interner {
+    paths: Vec<PathBuf>,
+    by_path: HashMap<PathBuf, NodeId>,
+    by_inode: HashMap<(u64, u64), NodeId>,
+}
+
+/// A lower tree over a plain directory on disk.
+#[derive(Debug)]
+pub struct DirTree {
+    root: PathBuf,
+    nodes: RwLock<Interner>,
+}
+
+impl DirTree {
+    /// Opens the directory `root` as a lower tree.
+    ///
+    /// # Errors
+    /// When `root` is not a readable directory.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<DirTree> {
+        let root = root.into();
+        let md = root.metadata().map_err(|e| {
+            io::Error::new(e.kind(), format!("lower directory {}: {e}", root.display()))
+        })?;
+        if !md.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("lower {} is not a directory", root.display()),
+            ));
+        }
+        let mut i = Interner::default();
+        i.paths.push(PathBuf::new());
+        i.by_path.insert(PathBuf::new(), NodeId(0));
+        Ok(DirTree {
+            root,
+            nodes: RwLock::new(i),
+        })
+    }
+
+    fn rel(&self, node: NodeId) -> io::Result<PathBuf> {
+        self.nodes
+            .read()
+            .paths
+            .get(node.0 as usize)
+            .cloned()
+            .ok_or_else(|| bad_node(node))
+    }
+
+    fn abs(&self, node: NodeId) -> io::Result<PathBuf> {
+        Ok(self.root.join(self.rel(node)?))
+    }
+
+    fn intern(&self, rel: PathBuf, md: &std::fs::Metadata) -> NodeId {
+        let key = (!md.is_dir() && md.nlink() > 1).then(|| (md.dev(), md.ino()));
+        {
+            let n = self.nodes.read();
+            if let Some(id) = key
+                .and_then(|k| n.by_inode.get(&k))
+                .or_else(|| n.by_path.get(&rel))
+            {
+                return *id;
+            }
+        }
+        let mut n = self.nodes.write();
+        if let Some(id) = key
+            .and_then(|k| n.by_inode.get(&k))
+            .or_else(|| n.by_path.get(&rel))
+        {
+            return *id;
+        }
+        let id = NodeId(n.paths.len() as u64);
+        n.paths.push(rel.clone());
+        n.by_path.insert(rel, id);
+        if let Some(k) = key {
+            n.by_inode.insert(k, id);
+        }
+        id
+    }
+
+    /// A whiteout entry for `name` in the directory `rel` (its node is the whiteout itself).
+    fn whiteout(&self, rel: &Path, name: &OsStr, md: &std::fs::Metadata) -> DirEntry {
+        DirEntry {
+            name: name.to_owned(),
+            node: self.intern(rel.join(name), md),
+            kind: EntryKind::Whiteout,
+        }
+    }
+}
+
+fn whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == OPAQUE_MARKER.as_bytes() {
+        return None;
+    }
+    b.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        .map(OsStr::from_bytes)
+}
+
+impl LowerTree for DirTree {
+    fn root(&self) -> NodeId {
+        NodeId(0)
+    }
+
+    fn lookup(&self, parent: NodeId, name: &OsStr) -> io::Result<Option<DirEntry>> {
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Ok(None); // the spelling of a marker, never a name
+        }
+        let rel = self.rel(parent)?;
+        let dir = self.root.join(&rel);
+        match dir.join(name).symlink_metadata() {
+            Ok(md) => {
+                let kind = kind_of(&md);
+                if kind == EntryKind::Whiteout {
+                    return Ok(Some(self.whiteout(&rel, name, &md)));
+                }
+                let node = self.intern(rel.join(name), &md);
+                Ok(Some(DirEntry {
+                    name: name.to_owned(),
+                    node,
+                    kind,
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut wh = OsString::from(WHITEOUT_PREFIX);
+                wh.push(name);
+                match dir.join(&wh).symlink_metadata() {
+                    Ok(md) => Ok(Some(self.whiteout(&rel, name, &md))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_dir(&self, dir: NodeId) -> io::Result<DirListing> {
+        let rel = self.rel(dir)?;
+        let abs = self.root.join(&rel);
+        let mut real: HashMap<OsString, DirEntry> = HashMap::new();
+        let mut whiteouts: Vec<DirEntry> = Vec::new();
+        let mut opaque = false;
+        for de in std::fs::read_dir(&abs)? {
+            let de = de?;
+            let name = de.file_name();
+            if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+                opaque = true;
+                continue;
+            }
+            let md = de.path().symlink_metadata()?;
+            if let Some(target) = whiteout_target(&name) {
+                whiteouts.push(self.whiteout(&rel, target, &md));
+                continue;
+            }
+            let kind = kind_of(&md);
+            let entry = if kind == EntryKind::Whiteout {
+                self.whiteout(&rel, &name, &md)
+            } else {
+                DirEntry {
+                    name: name.clone(),
+                    node: self.intern(rel.join(&name), &md),
+                    kind,
+                }
+            };
+            real.insert(name, entry);
+        }
+        for w in whiteouts {
+            // A layer's own entry wins over its own whiteout of the same name.
+            real.entry(w.name.clone()).or_insert(w);
+        }
+        let mut entries: Vec<DirEntry> = real.into_values().collect();
+        entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        opaque = opaque || dir_is_opaque(&abs);
+        Ok(DirListing { entries, opaque })
+    }
+
+    fn getattr(&self, node: NodeId) -> io::Result<LowerAttr> {
+        let abs = self.abs(node)?;
+        let md = abs.symlink_metadata()?;
+        let kind = kind_of(&md);
+        let opaque = kind == EntryKind::Dir && dir_is_opaque(&abs);
+        Ok(LowerAttr {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
+            rdev: md.rdev(),
+            mtime: md.mtime(),
+            mtime_nsec: u32::try_from(md.mtime_nsec()).unwrap_or(0),
+            opaque,
+        })
+    }
+
+    fn readlink(&self, node: NodeId) -> io::Result<OsString> {
+        Ok(std::fs::read_link(self.abs(node)?)?.into_os_string())
+    }
+
+    fn open(&self, node: NodeId) -> io::Result<Option<File>> {
+        File::open(self.abs(node)?).map(Some)
+    }
+
+    fn read_at(&self, node: NodeId, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        File::open(self.abs(node)?)?.read_at(buf, offset)
+    }
+
+    fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        xattr::all(&self.abs(node)?, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wh_files_and_opq_marker_become_typed_values() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        std::fs::write(d.path().join("dir/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(d.path().join(".wh.gone"), b"").unwrap();
+        std::fs::write(d.path().join("kept"), b"x").unwrap();
+        std::fs::write(d.path().join(".wh.kept"), b"").unwrap();
+        let t = DirTree::open(d.path()).unwrap();
+        let root = t.read_dir(t.root()).unwrap();
+        let got: Vec<_> = root
+            .entries
+            .iter()
+            .map(|e| (e.name.to_str().unwrap().to_owned(), e.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("dir".to_owned(), EntryKind::Dir),
+                ("gone".to_owned(), EntryKind::Whiteout),
+                ("kept".to_owned(), EntryKind::File)
+            ]
+        );
+        assert!(!root.opaque);
+        let dir = t.lookup(t.root(), OsStr::new("dir")).unwrap().unwrap();
+        assert!(t.read_dir(dir.node).unwrap().opaque);
+        assert!(t.read_dir(dir.node).unwrap().entries.is_empty());
+        assert!(t.getattr(dir.node).unwrap().opaque);
+        assert_eq!(
+            t.lookup(t.root(), OsStr::new("gone"))
+                .unwrap()
+                .unwrap()
+                .kind,
+            EntryKind::Whiteout
+        );
+        assert!(
+            t.lookup(t.root(), OsStr::new(".wh.gone"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn hard_links_share_a_node() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        let t = DirTree::open(d.path()).unwrap();
+        let a = t.lookup(t.root(), OsStr::new("a")).unwrap().unwrap();
+        let b = t.lookup(t.root(), OsStr::new("b")).unwrap().unwrap();
+        assert_eq!(a.node, b.node);
+        assert_eq!(t.getattr(b.node).unwrap().nlink, 2);
+    }
+}
