@@ -1,0 +1,43 @@
+//! `strata gc`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::Globals;
+use crate::output::{human_size, print_json};
+
+/// Remove layers no image uses, file objects no layer uses, and leftovers of interrupted
+/// writes. Waits for running imports.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only report what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `gc`.
+///
+/// # Errors
+/// Store errors.
+pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    let store = g.store()?;
+    let rep = store.gc(a.dry_run)?;
+    if g.json() {
+        return print_json(&rep).map(|()| ExitCode::SUCCESS);
+    }
+    let verb = if a.dry_run { "Would remove" } else { "Removed" };
+    if g.verbose {
+        for l in &rep.layers {
+            eprintln!("layer {l}");
+        }
+    }
+    println!(
+        "{verb} {} layers, {} objects ({}), {} temp files",
+        rep.layers.len(),
+        rep.objects,
+        human_size(rep.bytes),
+        rep.tmp_files
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,171 @@
+//! strata's command line: the `Cli` definition and `run`, so tests can call it in process.
+//!
+//! Each subcommand is a module in `commands/` with an `Args` struct and a `run` function; they
+//! parse, call `layerstore`/`unionfs`, and print. JSON output goes through `output.rs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub mod change;
+pub mod commands;
+pub mod output;
+pub mod progress;
+
+/// strata: container images without a daemon and without root.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Store root. Default: $STRATA_ROOT, else ~/.local/share/strata (/var/lib/strata as root).
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Output format: human-readable text or stable JSON (schema in cli/src/output.rs).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Print less: no progress bars, IDs only where a command supports it.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print more about what is done (to stderr).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people.
+    Text,
+    /// JSON for programs.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a rootfs tarball as a one-layer image (like `docker image import`).
+    Import(commands::import::Args),
+    /// List images.
+    Images(commands::images::Args),
+    /// Show the history of an image.
+    History(commands::history::Args),
+    /// Show an image's metadata and config as JSON.
+    Inspect(commands::inspect::Args),
+    /// Give an image a new name.
+    Tag(commands::tag::Args),
+    /// Remove images (untag; delete when no tag is left).
+    Rmi(commands::rmi::Args),
+    /// Work with layers.
+    #[command(subcommand)]
+    Layer(commands::layer::Command),
+    /// Remove layers and objects that no image uses.
+    Gc(commands::gc::Args),
+    /// Show disk usage: unique and shared bytes per image.
+    Df(commands::df::Args),
+    /// Verify every object, layer and image in the store.
+    Fsck(commands::fsck::Args),
+}
+
+/// Global settings every command gets.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// Store root.
+    pub root: PathBuf,
+    /// Output format.
+    pub format: Format,
+    /// `-q`.
+    pub quiet: bool,
+    /// `-v`.
+    pub verbose: bool,
+}
+
+impl Globals {
+    /// Opens the store.
+    ///
+    /// # Errors
+    /// The store cannot be opened or created.
+    pub fn store(&self) -> Result<layerstore::Store> {
+        layerstore::Store::open(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))
+    }
+
+    /// True when output is JSON.
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+}
+
+/// The default store root: `/var/lib/strata` for root, else `$XDG_DATA_HOME/strata` or
+/// `~/.local/share/strata`.
+pub fn default_root() -> Result<PathBuf> {
+    // SAFETY-free: geteuid via rustix would add a dependency; libc's is safe to call.
+    if is_root() {
+        return Ok(PathBuf::from("/var/lib/strata"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("strata"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("HOME is not set; give the store with --root DIR or STRATA_ROOT")?;
+    Ok(PathBuf::from(home).join(".local/share/strata"))
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command reports; `main` prints the chain.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let root = match cli.root {
+        Some(r) => r,
+        None => default_root()?,
+    };
+    let g = Globals {
+        root,
+        format: cli.format,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Import(a) => commands::import::run(&g, a),
+        Command::Images(a) => commands::images::run(&g, a),
+        Command::History(a) => commands::history::run(&g, a),
+        Command::Inspect(a) => commands::inspect::run(&g, a),
+        Command::Tag(a) => commands::tag::run(&g, a),
+        Command::Rmi(a) => commands::rmi::run(&g, a),
+        Command::Layer(c) => commands::layer::run(&g, c),
+        Command::Gc(a) => commands::gc::run(&g, a),
+        Command::Df(a) => commands::df::run(&g, a),
+        Command::Fsck(a) => commands::fsck::run(&g, a),
+    }
+}
+
+/// True when the error chain ends in a broken pipe (`strata images | head`): exit quietly.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(e.downcast_ref::<layerstore::Error>(), Some(layerstore::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

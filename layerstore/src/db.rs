@@ -1,0 +1,177 @@
+//! The SQLite index: schema, migrations and connection setup.
+//!
+//! Migrations are an append-only list applied by `PRAGMA user_version` in one exclusive
+//! transaction (the pattern of cargo's `util/sqlite.rs`). Never edit a shipped migration:
+//! append a new one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// How long a writer waits for another process's transaction before giving up. Imports hold
+/// write transactions only for their final commit, so a few seconds is plenty; a minute covers
+/// a slow disk.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The schema, one step per entry; `user_version` = number of steps applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: objects, layers and their entries, images, tags.
+    r#"
+    CREATE TABLE objects (
+        digest BLOB PRIMARY KEY,          -- sha256 of the content, 32 bytes
+        size   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE layers (
+        id         INTEGER PRIMARY KEY,
+        diff_id    BLOB NOT NULL UNIQUE,  -- sha256 of the uncompressed tar, 32 bytes
+        tar_size   INTEGER NOT NULL,      -- bytes of the uncompressed tar
+        entries    INTEGER NOT NULL,
+        trailer    BLOB NOT NULL,         -- everything from the end-of-archive block on
+        created    TEXT NOT NULL
+    );
+
+    CREATE TABLE layer_entries (
+        layer      INTEGER NOT NULL REFERENCES layers(id) ON DELETE CASCADE,
+        seq        INTEGER NOT NULL,      -- position in the tar
+        path       TEXT NOT NULL,         -- normalised; for whiteouts the hidden path
+        kind       INTEGER NOT NULL,      -- tarfmt::EntryKind code
+        mode       INTEGER NOT NULL,
+        uid        INTEGER NOT NULL,
+        gid        INTEGER NOT NULL,
+        mtime      INTEGER NOT NULL,
+        mtime_nsec INTEGER NOT NULL,
+        size       INTEGER NOT NULL,      -- content bytes in the tar
+        link       TEXT,
+        dev_major  INTEGER NOT NULL,
+        dev_minor  INTEGER NOT NULL,
+        object     BLOB REFERENCES objects(digest),
+        header     BLOB NOT NULL,         -- raw header blocks
+        pad        BLOB,                  -- padding after content, only when not all zeros
+        PRIMARY KEY (layer, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX layer_entries_object ON layer_entries(object);
+
+    CREATE TABLE entry_xattrs (
+        layer INTEGER NOT NULL,
+        seq   INTEGER NOT NULL,
+        name  TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (layer, seq, name),
+        FOREIGN KEY (layer, seq) REFERENCES layer_entries(layer, seq) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+
+    CREATE TABLE images (
+        id      BLOB PRIMARY KEY,         -- sha256 of the config bytes
+        config  BLOB NOT NULL,            -- the exact config JSON
+        parent  BLOB,                     -- the image this one was made from, if local
+        created TEXT,                     -- from the config
+        added   TEXT NOT NULL             -- when it entered this store
+    ) WITHOUT ROWID;
+
+    CREATE TABLE image_layers (
+        image BLOB NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        idx   INTEGER NOT NULL,
+        layer INTEGER NOT NULL REFERENCES layers(id),
+        PRIMARY KEY (image, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_layers_layer ON image_layers(layer);
+
+    CREATE TABLE tags (
+        name  TEXT PRIMARY KEY,           -- fully qualified reference with tag
+        image BLOB NOT NULL REFERENCES images(id),
+        added TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_image ON tags(image);
+    "#,
+];
+
+/// Newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Db {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens (creating if needed) and migrates the index.
+pub(crate) fn open(path: &Path) -> Result<Connection> {
+    let e = db_err(path);
+    let mut conn = Connection::open(path).map_err(&e)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&e)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&e)?;
+    // FULL: a committed transaction survives power loss (WAL + NORMAL may lose the last one).
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&e)?;
+    conn.pragma_update(None, "foreign_keys", true).map_err(&e)?;
+    migrate(&mut conn).map_err(|err| match err {
+        Error::Db { source, .. } => Error::Db {
+            path: path.to_owned(),
+            source,
+        },
+        Error::TooNew {
+            found, supported, ..
+        } => Error::TooNew {
+            path: path.to_owned(),
+            found,
+            supported,
+        },
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// Applies the migrations not yet applied, in one exclusive transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let e = db_err(Path::new(":memory:"));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(&e)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&e)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::TooNew {
+            path: Default::default(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for step in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(step).map_err(&e)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(&e)?;
+    tx.commit().map_err(&e)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_twice() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(Error::TooNew { .. })));
+    }
+}

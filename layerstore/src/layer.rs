@@ -1,0 +1,541 @@
+//! Layers: ingest of a layer tar into file objects plus index rows, byte-exact export, and the
+//! entry list the union filesystem mounts.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::tarfmt::{EntryKind, Next, TarEntry, TarReader, split_parent};
+
+/// gzip's magic bytes (RFC 1952).
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+/// zstd frame magic (RFC 8878), little-endian 0xFD2FB528.
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+/// xz magic.
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+/// bzip2 magic.
+const BZIP2_MAGIC: &[u8] = b"BZh";
+/// Read buffer for compressed input.
+const INPUT_BUF: usize = 256 << 10;
+
+/// The compression of a layer stream, sniffed from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+/// Summary of an ingested layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LayerInfo {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Bytes of the uncompressed tar.
+    pub tar_size: u64,
+    /// Number of entries.
+    pub entries: u64,
+    /// True when the store already had this layer (nothing was added).
+    pub existed: bool,
+    /// Compression the input was in.
+    #[serde(skip)]
+    pub compression: Compression,
+}
+
+/// One entry of a stored layer, as the union filesystem needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Normalised path (`""` is the root); for whiteouts the hidden path.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: i64,
+    /// Sub-second part.
+    pub mtime_nsec: u32,
+    /// Content bytes.
+    pub size: u64,
+    /// Symlink or hard-link target.
+    pub link: Option<String>,
+    /// Device numbers.
+    pub dev_major: u32,
+    /// Device numbers.
+    pub dev_minor: u32,
+    /// The content object (regular files with content).
+    pub object: Option<Digest>,
+    /// Extended attributes.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Wraps `input` in the decoder its first bytes call for.
+///
+/// # Errors
+/// xz and bzip2 (not layer media types), read errors.
+pub fn decompress<'a>(input: impl Read + 'a) -> Result<(Box<dyn Read + 'a>, Compression)> {
+    let mut br = BufReader::with_capacity(INPUT_BUF, input);
+    let head = br.fill_buf().map_err(|e| Error::Read {
+        what: "input".into(),
+        source: e,
+    })?;
+    if head.starts_with(GZIP_MAGIC) {
+        // MultiGzDecoder: pigz and some registries write several gzip members.
+        return Ok((
+            Box::new(flate2::bufread::MultiGzDecoder::new(br)),
+            Compression::Gzip,
+        ));
+    }
+    if head.starts_with(ZSTD_MAGIC) {
+        let d = zstd::stream::read::Decoder::with_buffer(br).map_err(|e| Error::Read {
+            what: "zstd stream".into(),
+            source: e,
+        })?;
+        return Ok((Box::new(d), Compression::Zstd));
+    }
+    if head.starts_with(XZ_MAGIC) || head.starts_with(BZIP2_MAGIC) {
+        return Err(Error::bad_tar(
+            0,
+            None,
+            "the input is xz or bzip2 compressed; OCI layers are plain, gzip or zstd: \
+             decompress it first (xz -d / bunzip2)",
+        ));
+    }
+    Ok((Box::new(br), Compression::None))
+}
+
+/// A reader that hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// A writer that hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A parsed entry plus where its content went.
+struct Row {
+    entry: TarEntry,
+    object: Option<Digest>,
+    pad: Option<Vec<u8>>,
+}
+
+/// Checks one entry against the ones before it in the same layer.
+#[derive(Default)]
+struct LayerValidator {
+    seen: HashMap<String, EntryKind>,
+    whiteouts: HashSet<String>,
+    opaque: HashSet<String>,
+}
+
+impl LayerValidator {
+    fn check(&mut self, e: &TarEntry, offset: u64) -> Result<()> {
+        let bad = |reason: String| Error::bad_tar(offset, Some(&e.path), reason);
+        // No entry may be reached through a non-directory of the same layer (a symlink
+        // followed by a file through it is the classic traversal).
+        let mut p = e.path.as_str();
+        if matches!(e.kind, EntryKind::Opaque)
+            && let Some(k) = self.seen.get(p)
+            && *k != EntryKind::Dir
+        {
+            return Err(bad(format!("opaque marker inside a {}", k.name())));
+        }
+        loop {
+            let (parent, _) = split_parent(p);
+            if p.is_empty() {
+                break;
+            }
+            if let Some(k) = self.seen.get(parent)
+                && *k != EntryKind::Dir
+            {
+                return Err(bad(format!(
+                    "the path goes through {parent:?}, which is a {} in this layer, not a \
+                     directory (refusing path traversal)",
+                    k.name()
+                )));
+            }
+            p = parent;
+        }
+        match e.kind {
+            EntryKind::Whiteout => {
+                if !self.whiteouts.insert(e.path.clone()) {
+                    return Err(bad("duplicate whiteout".into()));
+                }
+            }
+            EntryKind::Opaque => {
+                if !self.opaque.insert(e.path.clone()) {
+                    return Err(bad("duplicate opaque marker".into()));
+                }
+            }
+            kind => {
+                if e.path.is_empty() && kind != EntryKind::Dir {
+                    return Err(bad("the root of a layer must be a directory".into()));
+                }
+                if kind == EntryKind::HardLink {
+                    let target = e.link.as_deref().unwrap_or_default();
+                    match self.seen.get(target) {
+                        Some(EntryKind::File) => {}
+                        Some(k) => {
+                            return Err(bad(format!(
+                                "hard link to {target:?}, which is a {}, not a regular file",
+                                k.name()
+                            )));
+                        }
+                        None => {
+                            return Err(bad(format!(
+                                "hard link to {target:?}, which is not an earlier file of this \
+                                 layer (links to outside the layer are refused)"
+                            )));
+                        }
+                    }
+                }
+                let stored = if kind == EntryKind::HardLink {
+                    EntryKind::File
+                } else {
+                    kind
+                };
+                if self.seen.insert(e.path.clone(), stored).is_some() {
+                    return Err(bad(
+                        "duplicate path: it appears twice in the layer (OCI layers must not \
+                         contain duplicates); rebuild the tar"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Ingests a layer tar (plain, gzip or zstd): every file's content becomes an object, the
+    /// headers go to the index. Nothing is visible until the final transaction commits.
+    /// With `expected`, the layer is refused unless its DiffID matches.
+    ///
+    /// # Errors
+    /// Malformed or unsafe tar (see [`Error::BadTar`]), digest mismatch, I/O.
+    pub fn ingest_layer(&self, input: impl Read, expected: Option<&Digest>) -> Result<LayerInfo> {
+        let _lock = self.lock_shared()?;
+        let (decoded, compression) = decompress(input)?;
+        let hashing = HashingReader {
+            inner: decoded,
+            hasher: Hasher::new(),
+            count: 0,
+        };
+        let mut tar = TarReader::new(hashing);
+        let mut staging = self.objects().staging()?;
+        let mut rows: Vec<Row> = Vec::new();
+        let mut validator = LayerValidator::default();
+        let trailer = loop {
+            let at = tar.offset();
+            match tar.next_entry()? {
+                Next::End(trailer) => break trailer,
+                Next::Entry(entry) => {
+                    validator.check(&entry, at)?;
+                    let object = if entry.size > 0 {
+                        Some(staging.add_stream(entry.size, |buf| tar.read_content(buf))?)
+                    } else {
+                        None
+                    };
+                    let pad = tar.finish_content()?;
+                    rows.push(Row {
+                        entry: *entry,
+                        object,
+                        pad,
+                    });
+                }
+            }
+        };
+        let hashing = tar.into_inner();
+        let tar_size = hashing.count;
+        let diff_id = hashing.hasher.finish();
+        if let Some(exp) = expected
+            && *exp != diff_id
+        {
+            return Err(Error::DigestMismatch {
+                what: "layer (diff_id)".into(),
+                expected: exp.to_string(),
+                actual: diff_id.to_string(),
+            });
+        }
+        let entries = rows.len() as u64;
+        let info = |existed| LayerInfo {
+            diff_id,
+            tar_size,
+            entries,
+            existed,
+            compression,
+        };
+        if self.layer_id(&diff_id)?.is_some() {
+            return Ok(info(true));
+        }
+        staging.publish()?;
+        let existed = self.with_tx(|tx| {
+            if tx
+                .query_row("SELECT id FROM layers WHERE diff_id = ?1", [diff_id.bytes()], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?
+                .is_some()
+            {
+                return Ok(true); // another process committed it meanwhile
+            }
+            tx.execute(
+                "INSERT INTO layers (diff_id, tar_size, entries, trailer, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![diff_id.bytes(), tar_size as i64, entries as i64, trailer, crate::image::now_rfc3339()],
+            )?;
+            let layer = tx.last_insert_rowid();
+            let mut obj = tx.prepare_cached("INSERT OR IGNORE INTO objects (digest, size) VALUES (?1, ?2)")?;
+            let mut ent = tx.prepare_cached(
+                "INSERT INTO layer_entries (layer, seq, path, kind, mode, uid, gid, mtime, \
+                 mtime_nsec, size, link, dev_major, dev_minor, object, header, pad) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            let mut xat = tx.prepare_cached(
+                "INSERT OR REPLACE INTO entry_xattrs (layer, seq, name, value) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (seq, row) in rows.iter().enumerate() {
+                let e = &row.entry;
+                if let Some(o) = &row.object {
+                    obj.execute(params![o.bytes(), e.size as i64])?;
+                }
+                ent.execute(params![
+                    layer,
+                    seq as i64,
+                    e.path,
+                    e.kind.code(),
+                    e.mode,
+                    e.uid,
+                    e.gid,
+                    e.mtime,
+                    e.mtime_nsec,
+                    e.size as i64,
+                    e.link,
+                    e.dev_major,
+                    e.dev_minor,
+                    row.object.as_ref().map(|o| o.bytes().to_vec()),
+                    e.header,
+                    row.pad,
+                ])?;
+                for (name, value) in &e.xattrs {
+                    xat.execute(params![layer, seq as i64, name, value])?;
+                }
+            }
+            Ok(false)
+        })?;
+        Ok(info(existed))
+    }
+
+    /// The index row id of a layer, if stored.
+    pub(crate) fn layer_id(&self, diff_id: &Digest) -> Result<Option<i64>> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT id FROM layers WHERE diff_id = ?1",
+                [diff_id.bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn require_layer(&self, diff_id: &Digest) -> Result<(i64, u64, Vec<u8>)> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT id, tar_size, trailer FROM layers WHERE diff_id = ?1",
+                [diff_id.bytes()],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+            )
+            .optional()
+        })?
+        .ok_or_else(|| Error::NotFound {
+            kind: "layer",
+            name: diff_id.to_string(),
+            hint: "; 'strata inspect IMAGE' lists an image's layers (rootfs.diff_ids)".into(),
+        })
+    }
+
+    /// Resolves a layer given as a full digest, bare hex, or a unique hex prefix.
+    ///
+    /// # Errors
+    /// Unknown or ambiguous.
+    pub fn resolve_layer(&self, s: &str) -> Result<Digest> {
+        if let Ok(d) = Digest::parse_lenient(s) {
+            return Ok(d);
+        }
+        let prefix = s
+            .strip_prefix(crate::digest::SHA256_PREFIX)
+            .unwrap_or(s)
+            .to_ascii_lowercase();
+        let all: Vec<Vec<u8>> = self.with_conn(|c| {
+            let mut st = c.prepare("SELECT diff_id FROM layers")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        let matches: Vec<Digest> = all
+            .iter()
+            .filter_map(|b| Digest::from_bytes(b).ok())
+            .filter(|d| !prefix.is_empty() && d.hex().starts_with(&prefix))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0]),
+            0 => Err(Error::NotFound {
+                kind: "layer",
+                name: s.to_owned(),
+                hint: "; 'strata inspect IMAGE' lists an image's layers (rootfs.diff_ids)".into(),
+            }),
+            n => Err(Error::Ambiguous {
+                kind: "layer",
+                prefix: s.to_owned(),
+                count: n,
+            }),
+        }
+    }
+
+    /// Writes the layer's tar, byte for byte as it was ingested, and checks its DiffID.
+    /// Returns the number of bytes written.
+    ///
+    /// # Errors
+    /// Unknown layer, missing objects, a regenerated stream that does not match the DiffID
+    /// (a damaged store), write errors.
+    pub fn export_layer(&self, diff_id: &Digest, out: &mut dyn Write) -> Result<u64> {
+        let (layer, tar_size, trailer) = self.require_layer(diff_id)?;
+        type Seg = (Vec<u8>, u64, Option<Vec<u8>>, Option<Vec<u8>>);
+        let segs: Vec<Seg> = self.with_conn(|c| {
+            let mut st = c.prepare(
+                "SELECT header, size, object, pad FROM layer_entries WHERE layer = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([layer], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect()
+        })?;
+        let mut w = HashingWriter {
+            inner: out,
+            hasher: Hasher::new(),
+            count: 0,
+        };
+        let werr = |e| Error::io("write", "layer output", e);
+        let zeros = [0u8; crate::tarfmt::BLOCK];
+        for (header, size, object, pad) in segs {
+            w.write_all(&header).map_err(werr)?;
+            if size > 0 {
+                let d = Digest::from_bytes(object.as_deref().unwrap_or_default())?;
+                let f = self.objects().open(&d)?;
+                let copied = std::io::copy(&mut f.take(size), &mut w).map_err(werr)?;
+                if copied != size {
+                    return Err(Error::Conflict(format!(
+                        "object {d} holds {copied} bytes, the layer needs {size}; the store is \
+                         damaged: run 'strata fsck'"
+                    )));
+                }
+                match pad {
+                    Some(p) => w.write_all(&p).map_err(werr)?,
+                    None => {
+                        let n = ((crate::tarfmt::BLOCK as u64 - size % crate::tarfmt::BLOCK as u64)
+                            % crate::tarfmt::BLOCK as u64) as usize;
+                        w.write_all(&zeros[..n]).map_err(werr)?;
+                    }
+                }
+            }
+        }
+        w.write_all(&trailer).map_err(werr)?;
+        w.flush().map_err(werr)?;
+        let got = w.hasher.finish();
+        if got != *diff_id || w.count != tar_size {
+            return Err(Error::DigestMismatch {
+                what: "regenerated layer tar (the store is damaged: run 'strata fsck')".into(),
+                expected: diff_id.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        Ok(w.count)
+    }
+
+    /// Hashes the regenerated tar of a layer without writing it anywhere.
+    pub(crate) fn verify_layer(&self, diff_id: &Digest) -> Result<()> {
+        self.export_layer(diff_id, &mut std::io::sink()).map(|_| ())
+    }
+
+    /// The entries of a stored layer in tar order, for mounting.
+    ///
+    /// # Errors
+    /// Unknown layer, a damaged index.
+    pub fn layer_entries(&self, diff_id: &Digest) -> Result<Vec<LayerEntry>> {
+        let (layer, _, _) = self.require_layer(diff_id)?;
+        self.with_conn(|c| {
+            let mut xs: HashMap<i64, Vec<(String, Vec<u8>)>> = HashMap::new();
+            let mut st = c.prepare(
+                "SELECT seq, name, value FROM entry_xattrs WHERE layer = ?1 ORDER BY seq, name",
+            )?;
+            for r in st.query_map([layer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                let (seq, name, value) = r?;
+                xs.entry(seq).or_default().push((name, value));
+            }
+            let mut st = c.prepare(
+                "SELECT seq, path, kind, mode, uid, gid, mtime, mtime_nsec, size, link, \
+                 dev_major, dev_minor, object FROM layer_entries WHERE layer = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([layer], |r| {
+                let seq: i64 = r.get(0)?;
+                let kind: u8 = r.get(2)?;
+                let object: Option<Vec<u8>> = r.get(12)?;
+                Ok(LayerEntry {
+                    path: r.get(1)?,
+                    kind: EntryKind::from_code(kind).ok_or_else(|| {
+                        rusqlite::Error::IntegralValueOutOfRange(2, i64::from(kind))
+                    })?,
+                    mode: r.get(3)?,
+                    uid: r.get(4)?,
+                    gid: r.get(5)?,
+                    mtime: r.get(6)?,
+                    mtime_nsec: r.get(7)?,
+                    size: r.get::<_, i64>(8)? as u64,
+                    link: r.get(9)?,
+                    dev_major: r.get(10)?,
+                    dev_minor: r.get(11)?,
+                    object: object.and_then(|b| Digest::from_bytes(&b).ok()),
+                    xattrs: xs.remove(&seq).unwrap_or_default(),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! Content-addressed file objects: `objects/sha256/<2 hex>/<64 hex>`, read-only, never changed.
+//!
+//! Writing goes through [`Staging`]: contents are written into `tmp/` while being hashed, then
+//! [`Staging::publish`] makes them durable (`syncfs`) *before* renaming them to their final
+//! names, and syncs again so the renames are durable before the caller commits the index rows
+//! that refer to them. So an object file that exists under its final name always holds the
+//! bytes its name says, even after a crash; the worst a crash leaves is unreferenced objects
+//! (removed by `gc`) or files in `tmp/` (removed at the next exclusive open).
+//! One `syncfs` per batch instead of one `fsync` per file keeps an import of thousands of small
+//! files fast.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, IoContext, Result};
+
+/// Directory of objects under the store root (the algorithm is part of the path, like OCI blobs).
+pub const OBJECTS_DIR: &str = "objects/sha256";
+/// Staging directory under the store root; anything here at exclusive open is crash garbage.
+pub const TMP_DIR: &str = "tmp";
+/// Objects are read-only: nothing may change a file whose name is its hash.
+const OBJECT_MODE: u32 = 0o444;
+/// Contents up to this size are hashed in memory first, so a duplicate is never written.
+const IN_MEMORY_LIMIT: u64 = 8 << 20;
+/// Copy buffer for larger contents.
+const COPY_BUF: usize = 1 << 20;
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The object directory of a store.
+#[derive(Debug, Clone)]
+pub struct Objects {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Objects {
+    pub(crate) fn new(root: &Path) -> Objects {
+        Objects {
+            dir: root.join(OBJECTS_DIR),
+            tmp: root.join(TMP_DIR),
+        }
+    }
+
+    /// Path of the object named `d` (whether or not it exists).
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        let h = d.hex();
+        self.dir.join(&h[..2]).join(&h)
+    }
+
+    /// Whether the object file exists.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).exists()
+    }
+
+    /// Opens an object for reading.
+    ///
+    /// # Errors
+    /// The object is missing (the message says to run `strata fsck`).
+    pub fn open(&self, d: &Digest) -> Result<File> {
+        let p = self.path(d);
+        File::open(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound {
+                    kind: "object",
+                    name: d.to_string(),
+                    hint: format!(
+                        " ({} is missing); the store is damaged: run 'strata fsck'",
+                        p.display()
+                    ),
+                }
+            } else {
+                Error::io("open", p, e)
+            }
+        })
+    }
+
+    /// The directory objects live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every object file on disk (for gc and fsck).
+    pub(crate) fn list(&self) -> Result<Vec<(Digest, PathBuf)>> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io("read dir", &self.dir, e)),
+        };
+        for sub in rd {
+            let sub = sub.ctx("read dir", &self.dir)?;
+            let sp = sub.path();
+            if !sp.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sp).ctx("read dir", &sp)? {
+                let f = f.ctx("read dir", &sp)?;
+                let name = f.file_name();
+                if let Some(d) = name.to_str().and_then(|n| Digest::parse_lenient(n).ok()) {
+                    out.push((d, f.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a batch of new objects.
+    pub(crate) fn staging(&self) -> Result<Staging<'_>> {
+        fs::create_dir_all(&self.tmp).ctx("create dir", &self.tmp)?;
+        Ok(Staging {
+            objects: self,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Rehashes one object; `Ok(false)` when the content does not match its name.
+    pub(crate) fn verify(&self, d: &Digest) -> Result<bool> {
+        let mut f = self.open(d)?;
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = f.read(&mut buf).ctx("read", self.path(d))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finish() == *d)
+    }
+}
+
+/// A batch of objects written to `tmp/` and not yet published.
+#[derive(Debug)]
+pub(crate) struct Staging<'a> {
+    objects: &'a Objects,
+    pending: Vec<(PathBuf, Digest)>,
+}
+
+impl Staging<'_> {
+    fn tmp_file(&self) -> Result<(File, PathBuf)> {
+        let name = format!(
+            "obj-{}-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let p = self.objects.tmp.join(name);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .ctx("create", &p)?;
+        Ok((f, p))
+    }
+
+    /// Adds `size` bytes read through `fill` (which fills a buffer and returns the count, 0 at
+    /// the end) and returns their digest. Content already in the store is not written again.
+    pub(crate) fn add_stream(
+        &mut self,
+        size: u64,
+        mut fill: impl FnMut(&mut [u8]) -> Result<usize>,
+    ) -> Result<Digest> {
+        if size <= IN_MEMORY_LIMIT {
+            let mut data = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < data.len() {
+                let n = fill(&mut data[done..])?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            data.truncate(done);
+            let d = Digest::of(&data);
+            if !self.known(&d) {
+                let (mut f, p) = self.tmp_file()?;
+                f.write_all(&data).ctx("write", &p)?;
+                self.stage(f, p, d)?;
+            }
+            return Ok(d);
+        }
+        let (mut f, p) = self.tmp_file()?;
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = fill(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).ctx("write", &p)?;
+        }
+        let d = h.finish();
+        if self.known(&d) {
+            drop(f);
+            fs::remove_file(&p).ctx("remove", &p)?;
+        } else {
+            self.stage(f, p, d)?;
+        }
+        Ok(d)
+    }
+
+    fn known(&self, d: &Digest) -> bool {
+        self.objects.contains(d) || self.pending.iter().any(|(_, p)| p == d)
+    }
+
+    fn stage(&mut self, f: File, p: PathBuf, d: Digest) -> Result<()> {
+        f.set_permissions(fs::Permissions::from_mode(OBJECT_MODE))
+            .ctx("chmod", &p)?;
+        self.pending.push((p, d));
+        Ok(())
+    }
+
+    /// Makes every staged object durable under its final name. Call before committing rows
+    /// that refer to them.
+    pub(crate) fn publish(mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        sync_fs(&self.objects.tmp)?;
+        for (tmp, d) in &self.pending {
+            let dst = self.objects.path(d);
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent).ctx("create dir", parent)?;
+            }
+            fs::rename(tmp, &dst).ctx("rename", tmp)?;
+        }
+        self.pending.clear();
+        sync_fs(&self.objects.dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        // Not published (an error or a panic): the temp files are garbage.
+        for (p, _) in self.pending.drain(..) {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Flushes the whole filesystem holding `path` (one `syncfs` for a batch of files).
+pub(crate) fn sync_fs(path: &Path) -> Result<()> {
+    let f = File::open(path).ctx("open", path)?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
+}
