@@ -9,6 +9,8 @@
 //! never depends on the store or SQLite.
 
 pub mod dirtree;
+pub mod error;
+pub mod fs;
 pub mod index;
 pub mod lower;
 #[cfg(feature = "test-util")]
@@ -16,5 +18,7 @@ pub mod testing;
 mod xattr;
 
 pub use dirtree::DirTree;
+pub use error::{FsError, Result};
+pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
 pub use index::{IndexEntry, IndexKind, IndexTree};
 pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};

@@ -1,0 +1,226 @@
+//! The inode table: one inode number per merged path, kept for the life of the mount.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::lower::{EntryKind, NodeId};
+
+/// An inode number of the merged view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+/// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT_INO: Ino = Ino(1);
+
+/// One node of one lower tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct LowerRef {
+    pub(crate) layer: usize,
+    pub(crate) node: NodeId,
+}
+
+/// What the union knows about one inode. Refreshed on every lookup; changed by the union's own
+/// operations.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeState {
+    /// Primary name: the one used to reach the upper/lower copy.
+    pub(crate) parent: Ino,
+    pub(crate) name: OsString,
+    /// Other names (hard links), besides the primary one.
+    pub(crate) aliases: Vec<(Ino, OsString)>,
+    pub(crate) lookups: u64,
+    pub(crate) kind: EntryKind,
+    /// Dirs: the lower layers merged into it, top first. Non-dirs: the lower copy, if any.
+    pub(crate) lower: Vec<LowerRef>,
+    /// The path (relative, in the lower layers) where `lower` was resolved.
+    pub(crate) lower_path: PathBuf,
+    /// Exists in the upper directory.
+    pub(crate) upper: bool,
+    /// The upper copy is a metadata-only placeholder; data still comes from `lower`.
+    pub(crate) metacopy: bool,
+    /// Link count kept by the union for lower files with several names (hard links).
+    pub(crate) nlink: Option<u32>,
+    /// No name left (open handles may still use it).
+    pub(crate) unlinked: bool,
+    /// Serialises copy-up of this inode.
+    pub(crate) copy_lock: Arc<Mutex<()>>,
+}
+
+impl NodeState {
+    pub(crate) fn new(parent: Ino, name: OsString, kind: EntryKind) -> Self {
+        NodeState {
+            parent,
+            name,
+            aliases: Vec::new(),
+            lookups: 0,
+            kind,
+            lower: Vec::new(),
+            lower_path: PathBuf::new(),
+            upper: false,
+            metacopy: false,
+            nlink: None,
+            unlinked: false,
+            copy_lock: Arc::new(Mutex::new(())),
+        }
+    }
+}
+
+/// All inodes. Guarded by one `RwLock` in `UnionFs`, held only for map operations, never I/O.
+#[derive(Debug, Default)]
+pub(crate) struct InodeTable {
+    pub(crate) nodes: HashMap<Ino, NodeState>,
+    children: HashMap<(Ino, OsString), Ino>,
+    /// Lower file (layer, node) → inode, so hard links of a layer share one inode.
+    origins: HashMap<LowerRef, Ino>,
+    next: u64,
+}
+
+impl InodeTable {
+    pub(crate) fn new(root: NodeState) -> Self {
+        let mut t = InodeTable {
+            next: ROOT_INO.0 + 1,
+            ..Default::default()
+        };
+        t.nodes.insert(ROOT_INO, root);
+        t
+    }
+
+    pub(crate) fn get(&self, ino: Ino) -> Option<&NodeState> {
+        self.nodes.get(&ino)
+    }
+
+    pub(crate) fn get_mut(&mut self, ino: Ino) -> Option<&mut NodeState> {
+        self.nodes.get_mut(&ino)
+    }
+
+    /// The merged path of an inode, relative to the root (`""` for the root).
+    pub(crate) fn path(&self, ino: Ino) -> Option<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        let mut guard = 0usize;
+        while cur != ROOT_INO {
+            let n = self.nodes.get(&cur)?;
+            parts.push(&n.name);
+            cur = n.parent;
+            guard += 1;
+            if guard > 4096 {
+                return None; // a cycle would be a bug; refuse rather than spin
+            }
+        }
+        let mut p = PathBuf::new();
+        for part in parts.iter().rev() {
+            p.push(part);
+        }
+        Some(p)
+    }
+
+    pub(crate) fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.children.get(&(parent, name.to_owned())).copied()
+    }
+
+    pub(crate) fn by_origin(&self, origin: &LowerRef) -> Option<Ino> {
+        self.origins.get(origin).copied()
+    }
+
+    /// The inode for `parent/name`: the existing one, the one of a hard-linked `origin`, or a
+    /// new one. The name is (re)attached to it.
+    pub(crate) fn attach(
+        &mut self,
+        parent: Ino,
+        name: &OsStr,
+        kind: EntryKind,
+        origin: Option<LowerRef>,
+    ) -> Ino {
+        if let Some(ino) = self.child(parent, name) {
+            if self.nodes.get(&ino).is_some_and(|n| n.kind == kind) {
+                return ino;
+            }
+            self.detach(parent, name);
+        }
+        if let Some(ino) = origin.as_ref().and_then(|o| self.origins.get(o).copied()) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                if n.unlinked {
+                    n.parent = parent;
+                    n.name = name.to_owned();
+                    n.unlinked = false;
+                } else if !(n.parent == parent && n.name == name) {
+                    n.aliases.push((parent, name.to_owned()));
+                }
+                self.children.insert((parent, name.to_owned()), ino);
+                return ino;
+            }
+        }
+        let ino = Ino(self.next);
+        self.next += 1;
+        self.nodes
+            .insert(ino, NodeState::new(parent, name.to_owned(), kind));
+        self.children.insert((parent, name.to_owned()), ino);
+        if let Some(o) = origin {
+            self.origins.insert(o, ino);
+        }
+        ino
+    }
+
+    /// Removes the name `parent/name`; returns its inode. The inode stays in the table (open
+    /// handles, stable numbers) and is marked unlinked when it has no name left.
+    pub(crate) fn detach(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let ino = self.children.remove(&(parent, name.to_owned()))?;
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if n.parent == parent && n.name == name {
+                if let Some((p, nm)) = n.aliases.pop() {
+                    n.parent = p;
+                    n.name = nm;
+                } else {
+                    n.unlinked = true;
+                }
+            } else {
+                n.aliases.retain(|(p, nm)| !(*p == parent && nm == name));
+            }
+            if let Some(c) = n.nlink.as_mut() {
+                *c = c.saturating_sub(1);
+            }
+        }
+        Some(ino)
+    }
+
+    /// Moves the name `parent/name` to `new_parent/new_name` (which must be free).
+    pub(crate) fn rename(&mut self, parent: Ino, name: &OsStr, new_parent: Ino, new_name: &OsStr) {
+        let Some(ino) = self.children.remove(&(parent, name.to_owned())) else {
+            return;
+        };
+        self.children.insert((new_parent, new_name.to_owned()), ino);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if n.parent == parent && n.name == name {
+                n.parent = new_parent;
+                n.name = new_name.to_owned();
+            } else {
+                for a in n.aliases.iter_mut() {
+                    if a.0 == parent && a.1 == name {
+                        *a = (new_parent, new_name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a second name to an existing inode (hard link).
+    pub(crate) fn add_alias(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
+        self.children.insert((parent, name.to_owned()), ino);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if n.unlinked {
+                n.parent = parent;
+                n.name = name.to_owned();
+                n.unlinked = false;
+            } else {
+                n.aliases.push((parent, name.to_owned()));
+            }
+            if let Some(c) = n.nlink.as_mut() {
+                *c += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,902 @@
+//! The union filesystem itself, without FUSE: plain methods returning [`Result`].
+//!
+//! # State
+//! An [`InodeTable`] maps inode numbers to merged paths (parent inode + name, so a renamed
+//! directory carries its subtree along) and remembers, per inode, the lower nodes it merges and
+//! whether an upper copy exists. Lookups refresh that state from disk; the union's own
+//! operations update it.
+//!
+//! # Lock order
+//! 1. `ns` (`RwLock<()>`): taken for writing by operations that remove or move names (`unlink`,
+//!    `rmdir`, `rename`), for reading by everything that adds names or copies up. Lookups, reads
+//!    and `getattr` never take it, so they never wait for a copy-up.
+//! 2. Per-inode copy-up locks (`NodeState::copy_lock`), a node's before its ancestors'.
+//! 3. `table` (`RwLock<InodeTable>`): held only for map operations, never across I/O.
+//! 4. `handles` (`Mutex`): held only to insert, find or remove a handle.
+
+mod inode;
+pub(crate) mod upper;
+mod write;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use self::inode::{Ino, ROOT_INO};
+pub(crate) use self::inode::{InodeTable, LowerRef, NodeState};
+use self::upper::{METACOPY_XATTR, OPAQUE_TRUSTED, OPAQUE_USER, REDIRECT_XATTR, Upper};
+use crate::dirtree::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_dev, kind_of};
+use crate::error::{FsError, Result};
+use crate::lower::{EntryKind, LowerAttr, LowerTree, is_internal_xattr};
+use crate::xattr;
+
+/// A file handle number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+/// Attributes of a merged inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number (stable for the path for the life of the mount).
+    pub ino: Ino,
+    /// Kind (never `Whiteout`).
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number for devices.
+    pub rdev: u64,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Status change time.
+    pub ctime: SystemTime,
+}
+
+/// A looked-up entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Its attributes.
+    pub attr: Attr,
+    /// Served purely from immutable lower layers: the kernel may cache it for long.
+    pub immutable: bool,
+}
+
+/// One item of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirItem {
+    /// Inode number.
+    pub ino: Ino,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Name.
+    pub name: OsString,
+}
+
+/// Filesystem-wide numbers for `statfs`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Maximum name length.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// Who asks (for the owner of new files).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+}
+
+#[derive(Debug)]
+enum HandleData {
+    Upper(File),
+    Lower { lower: LowerRef, file: Option<File> },
+    Dir(Vec<DirItem>),
+}
+
+#[derive(Debug)]
+struct Handle {
+    ino: Ino,
+    data: HandleData,
+}
+
+/// Options of the filesystem layer.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// fsync copied-up files and dirs before they are renamed into place (kernel overlayfs does).
+    pub fsync_copy_up: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            fsync_copy_up: true,
+        }
+    }
+}
+
+/// What a lookup found, before it is put into the table.
+#[derive(Debug)]
+struct Resolved {
+    kind: EntryKind,
+    lower: Vec<LowerRef>,
+    lower_path: PathBuf,
+    upper: bool,
+    metacopy: bool,
+    origin: Option<LowerRef>,
+    lower_nlink: Option<u32>,
+}
+
+/// The union of lower trees and an optional upper directory.
+#[derive(Debug)]
+pub struct UnionFs {
+    lowers: Vec<Arc<dyn LowerTree>>,
+    upper: Option<Upper>,
+    table: RwLock<InodeTable>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    ns: RwLock<()>,
+    euid_root: bool,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = u32::try_from(nsec).unwrap_or(0);
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec.unsigned_abs(), nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec.into())
+    }
+}
+
+impl UnionFs {
+    /// Builds the union. `lowers` are top first; `upper` is `(upper dir, work dir)`.
+    ///
+    /// # Errors
+    /// When there is neither a lower nor an upper, when the upper or work dir is unusable, or
+    /// when the work dir cannot be cleaned.
+    pub fn new(
+        lowers: Vec<Arc<dyn LowerTree>>,
+        upper: Option<(PathBuf, PathBuf)>,
+        options: FsOptions,
+    ) -> Result<UnionFs> {
+        if lowers.is_empty() && upper.is_none() {
+            return Err(FsError::Config(
+                "a union needs at least one lower or an upper".into(),
+            ));
+        }
+        let upper = match upper {
+            Some((u, w)) => Some(Upper::open(u, w, options.fsync_copy_up)?),
+            None => None,
+        };
+        let mut root = NodeState::new(ROOT_INO, OsString::new(), EntryKind::Dir);
+        root.lower = lowers
+            .iter()
+            .enumerate()
+            .map(|(layer, t)| LowerRef {
+                layer,
+                node: t.root(),
+            })
+            .collect();
+        root.upper = upper.is_some();
+        if let Some(u) = &upper {
+            if let Ok(Some(v)) = xattr::get(&u.dir, OPAQUE_TRUSTED) {
+                if v == b"y" {
+                    root.lower.clear();
+                }
+            }
+        }
+        root.lookups = 1;
+        Ok(UnionFs {
+            lowers,
+            upper,
+            table: RwLock::new(InodeTable::new(root)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ns: RwLock::new(()),
+            euid_root: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    /// Whether the union has no upper directory.
+    pub fn is_read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    fn upper(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(FsError::ReadOnly)
+    }
+
+    fn state(&self, ino: Ino) -> Result<NodeState> {
+        self.table
+            .read()
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::StaleInode(ino.0))
+    }
+
+    fn path_of(&self, ino: Ino) -> Result<PathBuf> {
+        self.table
+            .read()
+            .path(ino)
+            .ok_or(FsError::StaleInode(ino.0))
+    }
+
+    fn lower_attr(&self, r: LowerRef) -> Result<LowerAttr> {
+        self.lowers[r.layer]
+            .getattr(r.node)
+            .map_err(FsError::lower(r.layer))
+    }
+
+    /// The lower nodes for `name` below the merged lower stack `stack` (top first): dirs merge
+    /// down to the first opaque one; a non-dir or a whiteout ends the search.
+    fn lower_child(
+        &self,
+        stack: &[LowerRef],
+        name: &OsStr,
+    ) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
+        let mut out = Vec::new();
+        let mut kind = None;
+        for r in stack {
+            let tree = &self.lowers[r.layer];
+            let Some(e) = tree.lookup(r.node, name).map_err(FsError::lower(r.layer))? else {
+                continue;
+            };
+            let child = LowerRef {
+                layer: r.layer,
+                node: e.node,
+            };
+            match e.kind {
+                EntryKind::Whiteout => break,
+                EntryKind::Dir => {
+                    if kind.is_some_and(|k| k != EntryKind::Dir) {
+                        break;
+                    }
+                    kind = Some(EntryKind::Dir);
+                    out.push(child);
+                    if tree
+                        .getattr(e.node)
+                        .map_err(FsError::lower(r.layer))?
+                        .opaque
+                    {
+                        break;
+                    }
+                }
+                k => {
+                    if out.is_empty() {
+                        kind = Some(k);
+                        out.push(child);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok((out, kind))
+    }
+
+    /// The lower stack at a path of the lower layers (for redirects and metacopy origins).
+    fn lower_at(&self, path: &Path) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
+        let mut stack: Vec<LowerRef> = self
+            .lowers
+            .iter()
+            .enumerate()
+            .map(|(layer, t)| LowerRef {
+                layer,
+                node: t.root(),
+            })
+            .collect();
+        let mut kind = Some(EntryKind::Dir);
+        for c in path.components() {
+            if kind != Some(EntryKind::Dir) {
+                return Ok((Vec::new(), None));
+            }
+            (stack, kind) = self.lower_child(&stack, c.as_os_str())?;
+            if stack.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+        }
+        Ok((stack, kind))
+    }
+
+    /// Resolves `parent/name` from disk: upper first, then the parent's lower stack.
+    fn resolve(&self, parent: &NodeState, ppath: &Path, name: &OsStr) -> Result<Option<Resolved>> {
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Ok(None); // marker spelling: never a visible name
+        }
+        let lower_path = parent.lower_path.join(name);
+        if parent.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if let (Some(u), true) = (&self.upper, parent.upper) {
+            let up = u.path(ppath).join(name);
+            match up.symlink_metadata() {
+                Ok(md) if is_whiteout_dev(&md) => return Ok(None),
+                Ok(md) => {
+                    return self
+                        .resolve_upper(parent, &up, &md, name, lower_path)
+                        .map(Some);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FsError::io("stat", up)(e)),
+            }
+            let (lower, kind) = self.lower_child(&parent.lower, name)?;
+            let Some(kind) = kind else { return Ok(None) };
+            if u.has_whiteout(ppath, name) {
+                return Ok(None);
+            }
+            return self.resolved_lower(lower, kind, lower_path).map(Some);
+        }
+        let (lower, kind) = self.lower_child(&parent.lower, name)?;
+        match kind {
+            Some(kind) => self.resolved_lower(lower, kind, lower_path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn resolved_lower(
+        &self,
+        lower: Vec<LowerRef>,
+        kind: EntryKind,
+        lower_path: PathBuf,
+    ) -> Result<Resolved> {
+        let mut origin = None;
+        let mut lower_nlink = None;
+        if kind != EntryKind::Dir {
+            if let Some(r) = lower.first() {
+                let a = self.lower_attr(*r)?;
+                if a.nlink > 1 {
+                    origin = Some(*r);
+                    lower_nlink = Some(a.nlink);
+                }
+            }
+        }
+        Ok(Resolved {
+            kind,
+            lower,
+            lower_path,
+            upper: false,
+            metacopy: false,
+            origin,
+            lower_nlink,
+        })
+    }
+
+    fn resolve_upper(
+        &self,
+        parent: &NodeState,
+        up: &Path,
+        md: &std::fs::Metadata,
+        name: &OsStr,
+        lower_path: PathBuf,
+    ) -> Result<Resolved> {
+        let kind = kind_of(md);
+        let mut r = Resolved {
+            kind,
+            lower: Vec::new(),
+            lower_path,
+            upper: true,
+            metacopy: false,
+            origin: None,
+            lower_nlink: None,
+        };
+        if kind == EntryKind::Dir {
+            let opaque = [OPAQUE_TRUSTED, OPAQUE_USER]
+                .iter()
+                .any(|x| matches!(xattr::get(up, x), Ok(Some(v)) if v == b"y"))
+                || up.join(OPAQUE_MARKER).symlink_metadata().is_ok();
+            if opaque {
+                return Ok(r);
+            }
+            if let Some(redirect) = xattr::get(up, REDIRECT_XATTR).ok().flatten() {
+                let p = PathBuf::from(OsStr::from_bytes(&redirect));
+                let (stack, k) = self.lower_at(&p)?;
+                if k == Some(EntryKind::Dir) {
+                    r.lower = stack;
+                }
+                r.lower_path = p;
+                return Ok(r);
+            }
+            let (stack, k) = self.lower_child(&parent.lower, name)?;
+            if k == Some(EntryKind::Dir) {
+                r.lower = stack;
+            }
+        } else if kind == EntryKind::File {
+            if let Some(origin) = xattr::get(up, METACOPY_XATTR).ok().flatten() {
+                let p = PathBuf::from(OsStr::from_bytes(&origin));
+                let (stack, k) = self.lower_at(&p)?;
+                if k == Some(EntryKind::File) {
+                    r.metacopy = true;
+                    r.lower = stack;
+                    r.lower_path = p;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Puts a resolution into the table and returns the inode.
+    fn attach(&self, parent: Ino, name: &OsStr, r: Resolved) -> Ino {
+        let mut t = self.table.write();
+        let ino = t.attach(parent, name, r.kind, r.origin);
+        if let Some(n) = t.get_mut(ino) {
+            // A hard-linked inode already copied up keeps its upper state.
+            let keep_upper = r.origin.is_some() && n.upper && !r.upper;
+            if !keep_upper {
+                n.lower = r.lower;
+                n.lower_path = r.lower_path;
+                n.upper = r.upper;
+                n.metacopy = r.metacopy;
+            }
+            if n.nlink.is_none() {
+                n.nlink = r.lower_nlink;
+            }
+            n.kind = r.kind;
+        }
+        ino
+    }
+
+    /// Looks `name` up in `parent` and counts one kernel reference.
+    ///
+    /// # Errors
+    /// `NotFound` when the merged view has no such name.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
+        let ino = self.lookup_ino(parent, name)?;
+        let e = self.entry(ino)?;
+        if let Some(n) = self.table.write().get_mut(ino) {
+            n.lookups += 1;
+        }
+        Ok(e)
+    }
+
+    fn lookup_ino(&self, parent: Ino, name: &OsStr) -> Result<Ino> {
+        let (pstate, ppath) = {
+            let t = self.table.read();
+            let s = t
+                .get(parent)
+                .cloned()
+                .ok_or(FsError::StaleInode(parent.0))?;
+            (s, t.path(parent).ok_or(FsError::StaleInode(parent.0))?)
+        };
+        let r = self
+            .resolve(&pstate, &ppath, name)?
+            .ok_or(FsError::NotFound)?;
+        let linked_elsewhere = r.origin.is_some() && !r.upper;
+        let ino = self.attach(parent, name, r);
+        if linked_elsewhere {
+            self.link_copied_alias(ino, parent, name);
+        }
+        Ok(ino)
+    }
+
+    /// Releases `n` kernel references. Inode numbers stay reserved for their path.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if let Some(s) = self.table.write().get_mut(ino) {
+            s.lookups = s.lookups.saturating_sub(n);
+        }
+    }
+
+    fn entry(&self, ino: Ino) -> Result<Entry> {
+        let s = self.state(ino)?;
+        let attr = self.attr_of(ino, &s, None)?;
+        Ok(Entry {
+            attr,
+            immutable: !s.upper,
+        })
+    }
+
+    /// Attributes of an inode (`fh`: an open handle, used once the name is gone).
+    ///
+    /// # Errors
+    /// `StaleInode` for unknown inodes; I/O errors of the upper or lower.
+    pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> Result<Attr> {
+        let s = self.state(ino)?;
+        self.attr_of(ino, &s, fh)
+    }
+
+    fn attr_of(&self, ino: Ino, s: &NodeState, fh: Option<Fh>) -> Result<Attr> {
+        if s.upper {
+            let md = match fh.and_then(|f| self.handle(f).ok()) {
+                Some(h) if matches!(h.data, HandleData::Upper(_)) => match &h.data {
+                    HandleData::Upper(f) => {
+                        f.metadata().map_err(FsError::io("fstat", "<handle>"))?
+                    }
+                    _ => unreachable_md()?,
+                },
+                _ => {
+                    let p = self.upper()?.path(&self.path_of(ino)?);
+                    p.symlink_metadata().map_err(FsError::io("stat", &p))?
+                }
+            };
+            let mut a = Attr {
+                ino,
+                kind: kind_of(&md),
+                size: md.size(),
+                blocks: md.blocks(),
+                perm: md.mode() & 0o7777,
+                nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
+                uid: md.uid(),
+                gid: md.gid(),
+                rdev: md.rdev(),
+                atime: time(md.atime(), md.atime_nsec()),
+                mtime: time(md.mtime(), md.mtime_nsec()),
+                ctime: time(md.ctime(), md.ctime_nsec()),
+            };
+            if s.metacopy {
+                if let Some(r) = s.lower.first() {
+                    let la = self.lower_attr(*r)?;
+                    a.size = la.size;
+                    a.blocks = la.size.div_ceil(512);
+                }
+            }
+            if s.kind == EntryKind::Dir && !s.lower.is_empty() {
+                a.nlink = 1; // merged dir: like overlayfs, "unknown"
+            }
+            if let Some(n) = s.nlink {
+                a.nlink = n;
+            }
+            return Ok(a);
+        }
+        let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        let la = self.lower_attr(*r)?;
+        let t = time(la.mtime, la.mtime_nsec.into());
+        Ok(Attr {
+            ino,
+            kind: la.kind,
+            size: la.size,
+            blocks: la.size.div_ceil(512),
+            perm: la.mode,
+            nlink: if la.kind == EntryKind::Dir && s.lower.len() > 1 {
+                1
+            } else {
+                s.nlink.unwrap_or(la.nlink)
+            },
+            uid: la.uid,
+            gid: la.gid,
+            rdev: la.rdev,
+            atime: t,
+            mtime: t,
+            ctime: t,
+        })
+    }
+
+    fn handle(&self, fh: Fh) -> Result<Arc<Handle>> {
+        self.handles
+            .lock()
+            .get(&fh.0)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh.0))
+    }
+
+    fn add_handle(&self, ino: Ino, data: HandleData) -> Fh {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .insert(fh, Arc::new(Handle { ino, data }));
+        Fh(fh)
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: Fh) {
+        self.handles.lock().remove(&fh.0);
+    }
+
+    /// The target of a symlink.
+    ///
+    /// # Errors
+    /// `Invalid` when the inode is not a symlink.
+    pub fn readlink(&self, ino: Ino) -> Result<OsString> {
+        let s = self.state(ino)?;
+        if s.kind != EntryKind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        if s.upper {
+            let p = self.upper()?.path(&self.path_of(ino)?);
+            return Ok(std::fs::read_link(&p)
+                .map_err(FsError::io("readlink", &p))?
+                .into_os_string());
+        }
+        let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        self.lowers[r.layer]
+            .readlink(r.node)
+            .map_err(FsError::lower(r.layer))
+    }
+
+    /// The merged listing of a directory: upper entries, then each lower's, top down; names
+    /// already seen or whited out are skipped. Sorted by name.
+    fn list_merged(&self, ino: Ino) -> Result<Vec<(OsString, EntryKind)>> {
+        let s = self.state(ino)?;
+        if s.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut seen: BTreeMap<OsString, EntryKind> = BTreeMap::new();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        if s.upper {
+            let p = self.upper()?.path(&self.path_of(ino)?);
+            for e in std::fs::read_dir(&p).map_err(FsError::io("read dir", &p))? {
+                let e = e.map_err(FsError::io("read dir", &p))?;
+                let name = e.file_name();
+                if let Some(t) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+                    hidden.insert(OsStr::from_bytes(t).to_owned());
+                    continue;
+                }
+                let md = e
+                    .path()
+                    .symlink_metadata()
+                    .map_err(FsError::io("stat", e.path()))?;
+                if is_whiteout_dev(&md) {
+                    hidden.insert(name);
+                } else {
+                    seen.insert(name, kind_of(&md));
+                }
+            }
+        }
+        for r in &s.lower {
+            let l = self.lowers[r.layer]
+                .read_dir(r.node)
+                .map_err(FsError::lower(r.layer))?;
+            for e in l.entries {
+                if seen.contains_key(&e.name) || hidden.contains(&e.name) {
+                    continue;
+                }
+                if e.kind == EntryKind::Whiteout {
+                    hidden.insert(e.name);
+                } else {
+                    seen.insert(e.name, e.kind);
+                }
+            }
+            if l.opaque {
+                break;
+            }
+        }
+        Ok(seen.into_iter().collect())
+    }
+
+    /// Opens a directory: the merged listing is taken now and kept in the handle, so offsets
+    /// stay stable however the reads are split.
+    ///
+    /// # Errors
+    /// `NotDir`, or I/O errors while listing.
+    pub fn opendir(&self, ino: Ino) -> Result<Fh> {
+        let list = self.list_merged(ino)?;
+        let parent = self.state(ino)?.parent;
+        let mut items = vec![
+            DirItem {
+                ino,
+                kind: EntryKind::Dir,
+                name: ".".into(),
+            },
+            DirItem {
+                ino: parent,
+                kind: EntryKind::Dir,
+                name: "..".into(),
+            },
+        ];
+        let mut t = self.table.write();
+        for (name, kind) in list {
+            let ino = match t.child(ino, &name) {
+                Some(i) => i,
+                None => {
+                    // Reserve the number now; the real state arrives with the lookup.
+                    let i = t.attach(ino, &name, kind, None);
+                    if let Some(n) = t.get_mut(i) {
+                        n.unlinked = false;
+                    }
+                    i
+                }
+            };
+            items.push(DirItem { ino, kind, name });
+        }
+        drop(t);
+        Ok(self.add_handle(ino, HandleData::Dir(items)))
+    }
+
+    /// The items of an open directory from `offset` on; item `i` has offset `i + 1`.
+    ///
+    /// # Errors
+    /// `BadHandle` for an unknown handle.
+    pub fn readdir(&self, fh: Fh, offset: u64) -> Result<Vec<DirItem>> {
+        let h = self.handle(fh)?;
+        match &h.data {
+            HandleData::Dir(items) => Ok(items
+                .iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// Like `readdir`, but also looks each item up (one kernel reference each) for READDIRPLUS.
+    ///
+    /// # Errors
+    /// `BadHandle` for an unknown handle.
+    pub fn lookup_item(&self, dir: Ino, item: &DirItem) -> Result<Entry> {
+        if item.name == "." || item.name == ".." {
+            let e = self.entry(item.ino)?;
+            return Ok(e);
+        }
+        self.lookup(dir, &item.name)
+    }
+
+    /// Reads from an open file.
+    ///
+    /// # Errors
+    /// `BadHandle`, or the I/O error of the backing file.
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = match &h.data {
+            HandleData::Upper(f) => {
+                read_full(f, &mut buf, offset).map_err(FsError::io("read", "<upper file>"))?
+            }
+            HandleData::Lower {
+                file: Some(f),
+                lower,
+            } => read_full(f, &mut buf, offset).map_err(FsError::lower(lower.layer))?,
+            HandleData::Lower { file: None, lower } => {
+                let tree = &self.lowers[lower.layer];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = tree
+                        .read_at(lower.node, &mut buf[done..], offset + done as u64)
+                        .map_err(FsError::lower(lower.layer))?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                done
+            }
+            HandleData::Dir(_) => return Err(FsError::IsDir),
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The file backing an open handle, for FUSE passthrough.
+    pub fn backing_file(&self, fh: Fh) -> Option<File> {
+        let h = self.handle(fh).ok()?;
+        match &h.data {
+            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f.try_clone().ok(),
+            _ => None,
+        }
+    }
+
+    /// All user-visible xattr names (internal markers hidden).
+    ///
+    /// # Errors
+    /// I/O errors of the upper or lower.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let s = self.state(ino)?;
+        if s.upper {
+            let p = self.upper()?.path(&self.path_of(ino)?);
+            let mut names = xattr::list(&p).map_err(FsError::io("listxattr", &p))?;
+            names.retain(|n| !is_internal_xattr(n));
+            return Ok(names);
+        }
+        let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        Ok(self.lowers[r.layer]
+            .xattrs(r.node)
+            .map_err(FsError::lower(r.layer))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// One xattr value.
+    ///
+    /// # Errors
+    /// `NoXattr` when unset or internal.
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        if is_internal_xattr(name.as_bytes()) {
+            return Err(FsError::NoXattr);
+        }
+        let s = self.state(ino)?;
+        if s.upper {
+            let p = self.upper()?.path(&self.path_of(ino)?);
+            return xattr::get(&p, name.as_bytes())
+                .map_err(FsError::io("getxattr", &p))?
+                .ok_or(FsError::NoXattr);
+        }
+        let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        self.lowers[r.layer]
+            .xattrs(r.node)
+            .map_err(FsError::lower(r.layer))?
+            .into_iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoXattr)
+    }
+
+    /// Filesystem numbers: the upper's, or zeros for a read-only union.
+    ///
+    /// # Errors
+    /// I/O errors of `statvfs` on the upper.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let Some(u) = &self.upper else {
+            return Ok(StatFs {
+                bsize: 4096,
+                frsize: 4096,
+                namelen: 255,
+                ..StatFs::default()
+            });
+        };
+        let v =
+            rustix::fs::statvfs(&u.dir).map_err(|e| FsError::io("statvfs", &u.dir)(e.into()))?;
+        Ok(StatFs {
+            blocks: v.f_blocks,
+            bfree: v.f_bfree,
+            bavail: v.f_bavail,
+            files: v.f_files,
+            ffree: v.f_ffree,
+            bsize: u32::try_from(v.f_bsize).unwrap_or(4096),
+            namelen: u32::try_from(v.f_namemax).unwrap_or(255),
+            frsize: u32::try_from(v.f_frsize).unwrap_or(4096),
+        })
+    }
+
+    /// Checks that the inode exists and, for `W_OK`, that the union is writable. Permission bits
+    /// are checked by the kernel (`default_permissions`).
+    ///
+    /// # Errors
+    /// `ReadOnly` for `W_OK` on a read-only union.
+    pub fn access(&self, ino: Ino, mask: i32) -> Result<()> {
+        self.state(ino)?;
+        if mask & libc::W_OK != 0 && self.upper.is_none() {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_md() -> Result<std::fs::Metadata> {
+    Err(FsError::Invalid("handle kind changed"))
+}
+
+fn read_full(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests;

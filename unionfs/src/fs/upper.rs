@@ -1,0 +1,286 @@
+//! The upper directory on disk: paths, whiteouts, markers and the data-copy primitives.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rustix::fs::{CWD, FileType, Mode};
+
+use crate::dirtree::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_dev};
+use crate::error::{FsError, Result};
+use crate::xattr;
+
+/// Marks an upper file as a metadata-only copy-up; the value is the path (relative, in the lower
+/// layers) whose data the file still uses.
+pub(crate) const METACOPY_XATTR: &[u8] = b"user.strata.metacopy";
+/// Marks an upper directory that was renamed from a lower one; the value is the path (relative,
+/// in the lower layers) whose content it merges.
+pub(crate) const REDIRECT_XATTR: &[u8] = b"user.strata.redirect";
+/// Opaque marker read and written by kernel overlayfs as root.
+pub(crate) const OPAQUE_TRUSTED: &[u8] = b"trusted.overlay.opaque";
+/// Opaque marker kernel overlayfs reads with `userxattr` (rootless).
+pub(crate) const OPAQUE_USER: &[u8] = b"user.overlay.opaque";
+/// Prefix of the temp names inside the work directory.
+const TMP_PREFIX: &str = "strata-tmp-";
+/// Chunk size of the read/write fallback copy loop.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The writable upper directory and its work directory (same filesystem, for `rename(2)`).
+#[derive(Debug)]
+pub(crate) struct Upper {
+    pub(crate) dir: PathBuf,
+    pub(crate) work: PathBuf,
+    /// Whiteouts are `.wh.NAME` files because `mknod` of char 0/0 was refused.
+    wh_files: AtomicBool,
+    /// Opaque dirs are marked with `user.overlay.opaque` because `trusted.*` was refused.
+    user_opaque: AtomicBool,
+    tmp: AtomicU64,
+    pub(crate) fsync: bool,
+}
+
+impl Upper {
+    pub(crate) fn open(dir: PathBuf, work: PathBuf, fsync: bool) -> Result<Upper> {
+        use std::os::unix::fs::MetadataExt;
+        let md = dir
+            .metadata()
+            .map_err(FsError::io("open upper dir", &dir))?;
+        let wmd = work
+            .metadata()
+            .map_err(FsError::io("open work dir", &work))?;
+        if !md.is_dir() || !wmd.is_dir() {
+            return Err(FsError::Config(format!(
+                "upper {} and work {} must both be directories",
+                dir.display(),
+                work.display()
+            )));
+        }
+        if md.dev() != wmd.dev() {
+            return Err(FsError::Config(format!(
+                "upper {} and work {} must be on the same filesystem",
+                dir.display(),
+                work.display()
+            )));
+        }
+        // A crash can leave half-copied temp files; nothing in work/ is ever needed again.
+        for e in std::fs::read_dir(&work).map_err(FsError::io("clean work dir", &work))? {
+            let e = e.map_err(FsError::io("clean work dir", &work))?;
+            let p = e.path();
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(FsError::io("clean work dir", &p))?;
+        }
+        let u = Upper {
+            dir,
+            work,
+            wh_files: AtomicBool::new(false),
+            user_opaque: AtomicBool::new(false),
+            tmp: AtomicU64::new(0),
+            fsync,
+        };
+        u.probe();
+        Ok(u)
+    }
+
+    /// Finds out once which whiteout and opaque spellings this upper filesystem accepts.
+    fn probe(&self) {
+        let t = self.tmp_path();
+        if rustix::fs::mknodat(CWD, &t, FileType::CharacterDevice, Mode::empty(), 0).is_err() {
+            self.wh_files.store(true, Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(&t);
+        let t = self.tmp_path();
+        if std::fs::create_dir(&t).is_ok() {
+            if xattr::set(&t, OPAQUE_TRUSTED, b"y", 0).is_err() {
+                self.user_opaque.store(true, Ordering::Relaxed);
+            }
+            let _ = std::fs::remove_dir(&t);
+        }
+    }
+
+    pub(crate) fn path(&self, rel: &Path) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub(crate) fn tmp_path(&self) -> PathBuf {
+        let n = self.tmp.fetch_add(1, Ordering::Relaxed);
+        self.work
+            .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
+    }
+
+    /// Whether `dir_rel/name` is hidden by a whiteout in the upper (either spelling).
+    pub(crate) fn has_whiteout(&self, dir_rel: &Path, name: &OsStr) -> bool {
+        let p = self.path(dir_rel);
+        match p.join(name).symlink_metadata() {
+            Ok(md) => is_whiteout_dev(&md),
+            Err(_) => p.join(wh_name(name)).symlink_metadata().is_ok(),
+        }
+    }
+
+    /// Replaces whatever is at `dir_rel/name` (nothing, a non-dir or an empty dir) by a whiteout.
+    /// The whiteout is made first, so a failure leaves the entry in place.
+    pub(crate) fn make_whiteout(&self, dir_rel: &Path, name: &OsStr) -> Result<()> {
+        let target = self.path(dir_rel).join(name);
+        if !self.wh_files.load(Ordering::Relaxed) {
+            let t = self.tmp_path();
+            match rustix::fs::mknodat(CWD, &t, FileType::CharacterDevice, Mode::empty(), 0) {
+                Ok(()) => {
+                    if target.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                        std::fs::remove_dir(&target).map_err(FsError::io("rmdir", &target))?;
+                    }
+                    return std::fs::rename(&t, &target).map_err(FsError::io("whiteout", &target));
+                }
+                Err(rustix::io::Errno::PERM) => self.wh_files.store(true, Ordering::Relaxed),
+                Err(e) => return Err(FsError::io("mknod whiteout", &t)(e.into())),
+            }
+        }
+        let wh = self.path(dir_rel).join(wh_name(name));
+        File::create(&wh).map_err(FsError::io("create whiteout", &wh))?;
+        match target.symlink_metadata() {
+            Ok(md) if md.is_dir() => {
+                std::fs::remove_dir(&target).map_err(FsError::io("rmdir", &target))
+            }
+            Ok(_) => std::fs::remove_file(&target).map_err(FsError::io("unlink", &target)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Removes a whiteout of `dir_rel/name`, if any, so a new entry can take the name.
+    pub(crate) fn clear_whiteout(&self, dir_rel: &Path, name: &OsStr) -> Result<()> {
+        let dir = self.path(dir_rel);
+        let p = dir.join(name);
+        if p.symlink_metadata().is_ok_and(|m| is_whiteout_dev(&m)) {
+            std::fs::remove_file(&p).map_err(FsError::io("remove whiteout", &p))?;
+        }
+        let wh = dir.join(wh_name(name));
+        match std::fs::remove_file(&wh) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::io("remove whiteout", &wh)(e)),
+        }
+    }
+
+    /// Removes everything from an upper dir whose merged view is empty (only whiteouts left).
+    pub(crate) fn empty_dir(&self, rel: &Path) -> Result<()> {
+        let p = self.path(rel);
+        for e in std::fs::read_dir(&p).map_err(FsError::io("read dir", &p))? {
+            let e = e.map_err(FsError::io("read dir", &p))?;
+            let c = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&c).map_err(FsError::io("remove", &c))?;
+            } else {
+                std::fs::remove_file(&c).map_err(FsError::io("remove", &c))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_opaque(&self, path: &Path) -> Result<()> {
+        let name = if self.user_opaque.load(Ordering::Relaxed) {
+            OPAQUE_USER
+        } else {
+            OPAQUE_TRUSTED
+        };
+        xattr::set(path, name, b"y", 0).map_err(FsError::io("set opaque xattr", path))
+    }
+
+    pub(crate) fn clear_opaque(&self, path: &Path) {
+        for n in [OPAQUE_TRUSTED, OPAQUE_USER] {
+            let _ = xattr::remove(path, n);
+        }
+        let _ = std::fs::remove_file(path.join(OPAQUE_MARKER));
+    }
+}
+
+/// `.wh.NAME`.
+pub(crate) fn wh_name(name: &OsStr) -> OsString {
+    let mut s = OsString::from(WHITEOUT_PREFIX);
+    s.push(name);
+    s
+}
+
+/// Whether `name` is one of the union's on-disk marker spellings, refused as a user name.
+pub(crate) fn is_reserved_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())
+}
+
+/// Where copy-up reads a file's bytes from.
+pub(crate) enum DataSource<'a> {
+    File(File),
+    ReadAt(&'a dyn Fn(&mut [u8], u64) -> io::Result<usize>),
+}
+
+/// Copies `size` bytes into `dst` (already open for writing, empty): FICLONE, else
+/// `copy_file_range` over the data segments (holes stay holes), else read/write.
+pub(crate) fn copy_data(src: &DataSource<'_>, dst: &File, size: u64) -> io::Result<()> {
+    match src {
+        DataSource::File(f) => {
+            if rustix::fs::ioctl_ficlone(dst, f).is_ok() {
+                return Ok(());
+            }
+            let mut pos = 0u64;
+            while pos < size {
+                let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
+                    Ok(d) => d,
+                    Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+                    Err(_) => pos,                         // no SEEK_DATA: copy everything
+                };
+                let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data))
+                    .unwrap_or(size)
+                    .min(size);
+                copy_range(f, dst, data, hole)?;
+                pos = hole.max(data + 1);
+            }
+            dst.set_len(size)
+        }
+        DataSource::ReadAt(read) => {
+            let mut buf = vec![0u8; COPY_CHUNK];
+            let mut pos = 0u64;
+            while pos < size {
+                let n = read(&mut buf, pos)?;
+                if n == 0 {
+                    break;
+                }
+                dst.write_all_at(&buf[..n], pos)?;
+                pos += n as u64;
+            }
+            dst.set_len(size)
+        }
+    }
+}
+
+fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (start, start);
+    while off_in < end {
+        let len = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), len) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => {
+                // Different filesystems on old kernels, or no support: plain copy.
+                let mut buf = vec![0u8; COPY_CHUNK];
+                while off_in < end {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(end - off_in).unwrap_or(usize::MAX));
+                    let n = src.read_at(&mut buf[..want], off_in)?;
+                    if n == 0 {
+                        break;
+                    }
+                    dst.write_all_at(&buf[..n], off_out)?;
+                    off_in += n as u64;
+                    off_out += n as u64;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,832 @@
+//! Operations that change the union: copy-up, create, write, remove, rename, setattr, xattrs.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
+
+use super::upper::{DataSource, METACOPY_XATTR, REDIRECT_XATTR, copy_data, is_reserved_name};
+use super::{Attr, Caller, Entry, Fh, HandleData, Ino, LowerRef, UnionFs};
+use crate::error::{FsError, Result};
+use crate::lower::{EntryKind, LowerAttr, is_internal_xattr};
+use crate::xattr;
+
+/// A time for `setattr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// The current time.
+    Now,
+    /// A given time.
+    At(SystemTime),
+}
+
+/// The changes of one `setattr` call; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+fn ts(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: d.subsec_nanos().into(),
+            },
+            Err(e) => Timespec {
+                tv_sec: -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: 0,
+            },
+        },
+    }
+}
+
+fn set_times_nofollow(path: &Path, atime: Timespec, mtime: Timespec) -> Result<()> {
+    let t = Timestamps {
+        last_access: atime,
+        last_modification: mtime,
+    };
+    rustix::fs::utimensat(CWD, path, &t, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| FsError::io("utimensat", path)(e.into()))
+}
+
+fn check_name(name: &OsStr) -> Result<()> {
+    if is_reserved_name(name) {
+        return Err(FsError::ReservedName(name.to_owned()));
+    }
+    if name.len() > 255 {
+        return Err(FsError::Invalid("name longer than 255 bytes"));
+    }
+    Ok(())
+}
+
+impl UnionFs {
+    /// Applies a lower node's metadata (xattrs, owner, mode, times) to a fresh upper copy.
+    fn apply_lower_meta(&self, r: LowerRef, la: &LowerAttr, path: &Path) -> Result<()> {
+        let xs = self.lowers[r.layer]
+            .xattrs(r.node)
+            .map_err(FsError::lower(r.layer))?;
+        for (n, v) in xs {
+            // Some namespaces (trusted.*, security.*) are root-only: keep what we can.
+            if let Err(e) = xattr::set(path, &n, &v, 0) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)
+                ) {
+                    return Err(FsError::io("copy xattr", path)(e));
+                }
+            }
+        }
+        if self.euid_root {
+            std::os::unix::fs::lchown(path, Some(la.uid), Some(la.gid))
+                .map_err(FsError::io("chown", path))?;
+        }
+        if la.kind != EntryKind::Symlink {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(la.mode))
+                .map_err(FsError::io("chmod", path))?;
+        }
+        let t = Timespec {
+            tv_sec: la.mtime,
+            tv_nsec: la.mtime_nsec.into(),
+        };
+        set_times_nofollow(path, t, t)
+    }
+
+    /// Makes sure directory `ino` exists in the upper (copying its metadata, not its content),
+    /// parents first. Returns its relative path.
+    pub(crate) fn ensure_upper_dir(&self, ino: Ino) -> Result<PathBuf> {
+        let s = self.state(ino)?;
+        if s.upper {
+            return self.path_of(ino);
+        }
+        if s.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let lock = s.copy_lock.clone();
+        let _g = lock.lock();
+        if self.state(ino)?.upper {
+            return self.path_of(ino);
+        }
+        self.ensure_upper_dir(s.parent)?;
+        let u = self.upper()?;
+        let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        let la = self.lower_attr(r)?;
+        let tmp = u.tmp_path();
+        std::fs::create_dir(&tmp).map_err(FsError::io("mkdir", &tmp))?;
+        self.apply_lower_meta(r, &la, &tmp)?;
+        let rel = self.path_of(ino)?;
+        let dst = u.path(&rel);
+        std::fs::rename(&tmp, &dst).map_err(FsError::io("rename copied-up dir", &dst))?;
+        if let Some(n) = self.table.write().get_mut(ino) {
+            n.upper = true;
+        }
+        Ok(rel)
+    }
+
+    fn data_source(&self, r: LowerRef) -> Result<Option<File>> {
+        self.lowers[r.layer]
+            .open(r.node)
+            .map_err(FsError::lower(r.layer))
+    }
+
+    fn copy_lower_data(&self, r: LowerRef, dst: &File, size: u64) -> Result<()> {
+        let tree = self.lowers[r.layer].clone();
+        let read = move |buf: &mut [u8], off: u64| tree.read_at(r.node, buf, off);
+        let src = match self.data_source(r)? {
+            Some(f) => DataSource::File(f),
+            None => DataSource::ReadAt(&read),
+        };
+        copy_data(&src, dst, size).map_err(FsError::io("copy up data", "<upper file>"))
+    }
+
+    /// Copies a non-directory up. With `data == false` a regular file becomes a metadata-only
+    /// placeholder (its data stays in the lower); with `data == true` its data is copied too.
+    pub(crate) fn copy_up(&self, ino: Ino, data: bool) -> Result<()> {
+        let s = self.state(ino)?;
+        if s.kind == EntryKind::Dir {
+            return self.ensure_upper_dir(ino).map(|_| ());
+        }
+        if s.upper && (!s.metacopy || !data) {
+            return Ok(());
+        }
+        let lock = s.copy_lock.clone();
+        let _g = lock.lock();
+        let s = self.state(ino)?;
+        if s.upper && (!s.metacopy || !data) {
+            return Ok(());
+        }
+        let u = self.upper()?;
+        let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        let la = self.lower_attr(r)?;
+        if s.upper {
+            // A placeholder gets its data in place; the marker goes last, so a crash midway
+            // leaves a placeholder that still reads from the lower.
+            let path = u.path(&self.path_of(ino)?);
+            let md = path
+                .symlink_metadata()
+                .map_err(FsError::io("stat", &path))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(FsError::io("open", &path))?;
+            self.copy_lower_data(r, &f, la.size)?;
+            if u.fsync {
+                f.sync_all().map_err(FsError::io("fsync", &path))?;
+            }
+            drop(f);
+            std::fs::set_permissions(&path, md.permissions())
+                .map_err(FsError::io("chmod", &path))?;
+            {
+                use std::os::unix::fs::MetadataExt;
+                let a = Timespec {
+                    tv_sec: md.atime(),
+                    tv_nsec: md.atime_nsec(),
+                };
+                let m = Timespec {
+                    tv_sec: md.mtime(),
+                    tv_nsec: md.mtime_nsec(),
+                };
+                set_times_nofollow(&path, a, m)?;
+            }
+            xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
+            if let Some(n) = self.table.write().get_mut(ino) {
+                n.metacopy = false;
+            }
+            return Ok(());
+        }
+        self.ensure_upper_dir(s.parent)?;
+        let tmp = u.tmp_path();
+        let mut metacopy = false;
+        match s.kind {
+            EntryKind::File => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(FsError::io("create", &tmp))?;
+                if !data && la.size > 0 {
+                    metacopy =
+                        xattr::set(&tmp, METACOPY_XATTR, s.lower_path.as_os_str().as_bytes(), 0)
+                            .is_ok();
+                }
+                if !metacopy {
+                    self.copy_lower_data(r, &f, la.size)?;
+                    if u.fsync {
+                        f.sync_all().map_err(FsError::io("fsync", &tmp))?;
+                    }
+                }
+            }
+            EntryKind::Symlink => {
+                let target = self.lowers[r.layer]
+                    .readlink(r.node)
+                    .map_err(FsError::lower(r.layer))?;
+                std::os::unix::fs::symlink(&target, &tmp).map_err(FsError::io("symlink", &tmp))?;
+            }
+            k => {
+                let ft = match k {
+                    EntryKind::CharDev => FileType::CharacterDevice,
+                    EntryKind::BlockDev => FileType::BlockDevice,
+                    EntryKind::Socket => FileType::Socket,
+                    _ => FileType::Fifo,
+                };
+                rustix::fs::mknodat(CWD, &tmp, ft, Mode::from_raw_mode(0o600), la.rdev)
+                    .map_err(|e| FsError::io("mknod", &tmp)(e.into()))?;
+            }
+        }
+        self.apply_lower_meta(r, &la, &tmp)?;
+        let dst = u.path(&self.path_of(ino)?);
+        std::fs::rename(&tmp, &dst).map_err(FsError::io("rename copied-up file", &dst))?;
+        if let Some(n) = self.table.write().get_mut(ino) {
+            n.upper = true;
+            n.metacopy = metacopy;
+            if !metacopy {
+                n.lower.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Another name of a lower hard-link group whose inode was already copied up: link it in
+    /// the upper too, so the on-disk upper keeps the group together. Best effort.
+    pub(crate) fn link_copied_alias(&self, ino: Ino, parent: Ino, name: &OsStr) {
+        let Some(_ns) = self.ns.try_read() else {
+            return;
+        };
+        let Ok(s) = self.state(ino) else { return };
+        if !s.upper || (s.parent == parent && s.name == name) {
+            return;
+        }
+        let (Ok(u), Ok(src)) = (self.upper(), self.path_of(ino)) else {
+            return;
+        };
+        let Ok(prel) = self.ensure_upper_dir(parent) else {
+            return;
+        };
+        let _ = std::fs::hard_link(u.path(&src), u.path(&prel).join(name));
+    }
+
+    fn new_entry(&self, parent: Ino, name: &OsStr, kind: EntryKind) -> Result<Entry> {
+        let ino = {
+            let mut t = self.table.write();
+            let ino = t.attach(parent, name, kind, None);
+            if let Some(n) = t.get_mut(ino) {
+                n.upper = true;
+                n.metacopy = false;
+                n.lower.clear();
+                n.nlink = None;
+                n.lookups += 1;
+            }
+            ino
+        };
+        self.entry(ino)
+    }
+
+    fn exists(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        match self.lookup_ino(parent, name) {
+            Ok(i) => Ok(Some(i)),
+            Err(FsError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Prepares `parent/name` for a new entry: the parent in the upper, no whiteout in the way.
+    /// Returns the new entry's absolute upper path and whether lowers have the name.
+    fn prepare_new(&self, parent: Ino, name: &OsStr) -> Result<(PathBuf, bool)> {
+        check_name(name)?;
+        let u = self.upper()?;
+        if self.exists(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let prel = self.ensure_upper_dir(parent)?;
+        let ps = self.state(parent)?;
+        let lower_has = !self.lower_child(&ps.lower, name)?.0.is_empty();
+        u.clear_whiteout(&prel, name)?;
+        Ok((u.path(&prel).join(name), lower_has))
+    }
+
+    fn chown_new(&self, path: &Path, caller: Caller) -> Result<()> {
+        if self.euid_root {
+            std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid))
+                .map_err(FsError::io("chown", path))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a file. Opening for writing (or with `O_TRUNC`) copies a lower file up first.
+    ///
+    /// # Errors
+    /// `ReadOnly` when writing without an upper; I/O errors.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Fh> {
+        let s = self.state(ino)?;
+        if s.kind == EntryKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if acc == libc::O_RDONLY && !trunc {
+            if s.upper && !s.metacopy {
+                let p = self.upper()?.path(&self.path_of(ino)?);
+                let f = File::open(&p).map_err(FsError::io("open", &p))?;
+                return Ok(self.add_handle(ino, HandleData::Upper(f)));
+            }
+            let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+            let file = self.data_source(r)?;
+            return Ok(self.add_handle(ino, HandleData::Lower { lower: r, file }));
+        }
+        let u = self.upper()?;
+        let _ns = self.ns.read();
+        self.copy_up(ino, !trunc)?;
+        let path = u.path(&self.path_of(ino)?);
+        if trunc && self.state(ino)?.metacopy {
+            xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
+            if let Some(n) = self.table.write().get_mut(ino) {
+                n.metacopy = false;
+                n.lower.clear();
+            }
+        }
+        let f = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(true)
+            .append(flags & libc::O_APPEND != 0)
+            .truncate(trunc)
+            .custom_flags(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
+            .open(&path)
+            .map_err(FsError::io("open", &path))?;
+        Ok(self.add_handle(ino, HandleData::Upper(f)))
+    }
+
+    /// Creates and opens a regular file (`O_EXCL` honoured; an existing file is opened).
+    ///
+    /// # Errors
+    /// `Exists` with `O_EXCL`; `ReadOnly`; `ReservedName`; I/O errors.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Entry, Fh)> {
+        check_name(name)?;
+        self.upper()?;
+        let _ns = self.ns.read();
+        if let Some(ino) = self.exists(parent, name)? {
+            if flags & libc::O_EXCL != 0 {
+                return Err(FsError::Exists);
+            }
+            drop(_ns);
+            let fh = self.open(ino, flags)?;
+            let e = self.lookup(parent, name)?;
+            return Ok((e, fh));
+        }
+        let (path, _) = self.prepare_new(parent, name)?;
+        let acc = flags & libc::O_ACCMODE;
+        let f = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(true)
+            .append(flags & libc::O_APPEND != 0)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(FsError::io("create", &path))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode & !umask & 0o7777))
+            .map_err(FsError::io("chmod", &path))?;
+        self.chown_new(&path, caller)?;
+        let e = self.new_entry(parent, name, EntryKind::File)?;
+        let fh = self.add_handle(e.attr.ino, HandleData::Upper(f));
+        Ok((e, fh))
+    }
+
+    /// Writes to an open file; returns the bytes written.
+    ///
+    /// # Errors
+    /// `BadHandle`, `ReadOnly` for read-only handles, I/O errors.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        match &h.data {
+            HandleData::Upper(f) => {
+                f.write_all_at(data, offset)
+                    .map_err(FsError::io("write", "<upper file>"))?;
+                Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+            }
+            HandleData::Lower { .. } => Err(FsError::BadHandle(fh.0)),
+            HandleData::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    /// Flushes an open file to disk.
+    ///
+    /// # Errors
+    /// I/O errors of the upper.
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> Result<()> {
+        let h = self.handle(fh)?;
+        if let HandleData::Upper(f) = &h.data {
+            let r = if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            };
+            r.map_err(FsError::io("fsync", "<upper file>"))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a directory; it is opaque when lower layers had the name (then whited out).
+    ///
+    /// # Errors
+    /// `Exists`, `ReadOnly`, `ReservedName`, I/O errors.
+    pub fn mkdir(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<Entry> {
+        let _ns = self.ns.read();
+        let (path, lower_has) = self.prepare_new(parent, name)?;
+        let u = self.upper()?;
+        let tmp = u.tmp_path();
+        std::fs::create_dir(&tmp).map_err(FsError::io("mkdir", &tmp))?;
+        std::fs::set_permissions(
+            &tmp,
+            std::fs::Permissions::from_mode(mode & !umask & 0o7777),
+        )
+        .map_err(FsError::io("chmod", &tmp))?;
+        self.chown_new(&tmp, caller)?;
+        if lower_has {
+            u.set_opaque(&tmp)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(FsError::io("rename new dir", &path))?;
+        self.new_entry(parent, name, EntryKind::Dir)
+    }
+
+    /// Creates a fifo, socket, regular file or (as root) a device. A char device 0/0 is refused:
+    /// it is the whiteout spelling.
+    ///
+    /// # Errors
+    /// `Exists`, `ReadOnly`, `NotPermitted`, I/O errors.
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Entry> {
+        let (ft, kind) = match mode & libc::S_IFMT {
+            libc::S_IFIFO => (FileType::Fifo, EntryKind::Fifo),
+            libc::S_IFCHR => (FileType::CharacterDevice, EntryKind::CharDev),
+            libc::S_IFBLK => (FileType::BlockDevice, EntryKind::BlockDev),
+            libc::S_IFSOCK => (FileType::Socket, EntryKind::Socket),
+            libc::S_IFREG | 0 => (FileType::RegularFile, EntryKind::File),
+            _ => return Err(FsError::Invalid("mknod of this file type")),
+        };
+        if kind == EntryKind::CharDev && rdev == 0 {
+            return Err(FsError::NotPermitted(
+                "char device 0/0 is the whiteout spelling",
+            ));
+        }
+        let _ns = self.ns.read();
+        let (path, _) = self.prepare_new(parent, name)?;
+        rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), rdev)
+            .map_err(|e| FsError::io("mknod", &path)(e.into()))?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(mode & !umask & 0o7777),
+        )
+        .map_err(FsError::io("chmod", &path))?;
+        self.chown_new(&path, caller)?;
+        self.new_entry(parent, name, kind)
+    }
+
+    /// Creates a symlink.
+    ///
+    /// # Errors
+    /// `Exists`, `ReadOnly`, I/O errors.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> Result<Entry> {
+        let _ns = self.ns.read();
+        let (path, _) = self.prepare_new(parent, name)?;
+        std::os::unix::fs::symlink(target, &path).map_err(FsError::io("symlink", &path))?;
+        self.chown_new(&path, caller)?;
+        self.new_entry(parent, name, EntryKind::Symlink)
+    }
+
+    /// Adds a hard link `new_parent/new_name` to `ino`; a lower file is copied up as a
+    /// metadata-only placeholder first, and both names stay one inode.
+    ///
+    /// # Errors
+    /// `Exists`, `NotPermitted` for directories, `ReadOnly`, I/O errors.
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        let _ns = self.ns.read();
+        let s = self.state(ino)?;
+        if s.kind == EntryKind::Dir {
+            return Err(FsError::NotPermitted("hard link to a directory"));
+        }
+        let (path, _) = self.prepare_new(new_parent, new_name)?;
+        self.copy_up(ino, false)?;
+        let src = self.upper()?.path(&self.path_of(ino)?);
+        std::fs::hard_link(&src, &path).map_err(FsError::io("link", &path))?;
+        {
+            let mut t = self.table.write();
+            if let Some(n) = t.get_mut(ino) {
+                if n.nlink.is_none() && !n.lower.is_empty() {
+                    // First extra name of a lower file: from now on the union counts.
+                    let count = n.aliases.len() as u32 + 1;
+                    n.nlink = Some(count);
+                }
+            }
+            t.add_alias(ino, new_parent, new_name);
+            if let Some(n) = t.get_mut(ino) {
+                n.lookups += 1;
+            }
+        }
+        self.entry(ino)
+    }
+
+    /// Removes a non-directory name; a whiteout hides it when a lower has it.
+    ///
+    /// # Errors
+    /// `NotFound`, `IsDir`, `ReadOnly`, I/O errors.
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let u = self.upper()?;
+        let _ns = self.ns.write();
+        let ino = self.lookup_ino(parent, name)?;
+        let s = self.state(ino)?;
+        if s.kind == EntryKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let ps = self.state(parent)?;
+        let need_wh = !self.lower_child(&ps.lower, name)?.0.is_empty();
+        let prel = self.ensure_upper_dir(parent)?;
+        if need_wh {
+            u.make_whiteout(&prel, name)?;
+        } else {
+            let p = u.path(&prel).join(name);
+            std::fs::remove_file(&p).map_err(FsError::io("unlink", &p))?;
+        }
+        self.table.write().detach(parent, name);
+        Ok(())
+    }
+
+    /// Removes an empty merged directory; a whiteout hides it when a lower has it.
+    ///
+    /// # Errors
+    /// `NotFound`, `NotDir`, `NotEmpty`, `ReadOnly`, I/O errors.
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let u = self.upper()?;
+        let _ns = self.ns.write();
+        let ino = self.lookup_ino(parent, name)?;
+        let s = self.state(ino)?;
+        if s.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.list_merged(ino)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        let ps = self.state(parent)?;
+        let need_wh = !self.lower_child(&ps.lower, name)?.0.is_empty();
+        let prel = self.ensure_upper_dir(parent)?;
+        if s.upper {
+            u.empty_dir(&prel.join(name))?;
+        }
+        if need_wh {
+            u.make_whiteout(&prel, name)?;
+        } else {
+            let p = u.path(&prel).join(name);
+            std::fs::remove_dir(&p).map_err(FsError::io("rmdir", &p))?;
+        }
+        self.table.write().detach(parent, name);
+        Ok(())
+    }
+
+    /// Renames a file or directory, lower ones included: a lower directory moves by a redirect
+    /// marker (never `EXDEV`), a lower file by a metadata-only copy-up.
+    ///
+    /// # Errors
+    /// `NotFound`, `Exists` (`RENAME_NOREPLACE`), `NotDir`, `IsDir`, `NotEmpty`, `Invalid`
+    /// (a directory into itself), `Unsupported` (`RENAME_EXCHANGE`/`RENAME_WHITEOUT`), I/O errors.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
+            return Err(FsError::Unsupported("RENAME_EXCHANGE and RENAME_WHITEOUT"));
+        }
+        check_name(new_name)?;
+        let u = self.upper()?;
+        let _ns = self.ns.write();
+        let src = self.lookup_ino(parent, name)?;
+        let ss = self.state(src)?;
+        let dst = self.exists(new_parent, new_name)?;
+        if let Some(d) = dst {
+            if d == src {
+                return Ok(());
+            }
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            let ds = self.state(d)?;
+            if ss.kind == EntryKind::Dir {
+                if ds.kind != EntryKind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                if !self.list_merged(d)?.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+            } else if ds.kind == EntryKind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        if ss.kind == EntryKind::Dir {
+            let t = self.table.read();
+            let mut cur = new_parent;
+            while cur != super::ROOT_INO {
+                if cur == src {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                cur = t.get(cur).map_or(super::ROOT_INO, |n| n.parent);
+            }
+        }
+        let sp = self.state(parent)?;
+        let np = self.state(new_parent)?;
+        let src_need_wh = !self.lower_child(&sp.lower, name)?.0.is_empty();
+        let dst_lower_has = !self.lower_child(&np.lower, new_name)?.0.is_empty();
+        let prel = self.ensure_upper_dir(parent)?;
+        let nrel = self.ensure_upper_dir(new_parent)?;
+        if ss.kind == EntryKind::Dir {
+            self.ensure_upper_dir(src)?;
+        } else {
+            self.copy_up(src, false)?;
+        }
+        let from = u.path(&prel).join(name);
+        let to = u.path(&nrel).join(new_name);
+        if ss.kind == EntryKind::Dir {
+            if !ss.lower.is_empty() {
+                xattr::set(
+                    &from,
+                    REDIRECT_XATTR,
+                    ss.lower_path.as_os_str().as_bytes(),
+                    0,
+                )
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOTSUP) => FsError::Io {
+                        op: "set redirect (the upper has no user xattrs)",
+                        path: from.clone(),
+                        source: std::io::Error::from_raw_os_error(libc::EXDEV),
+                    },
+                    _ => FsError::io("set redirect", &from)(e),
+                })?;
+            } else if dst_lower_has {
+                u.set_opaque(&from)?;
+            }
+        }
+        if let Some(d) = dst {
+            if self.state(d)?.kind == EntryKind::Dir && to.symlink_metadata().is_ok() {
+                u.empty_dir(&nrel.join(new_name))?;
+            }
+        }
+        u.clear_whiteout(&nrel, new_name)?;
+        std::fs::rename(&from, &to).map_err(FsError::io("rename", &to))?;
+        if src_need_wh {
+            u.make_whiteout(&prel, name)?;
+        }
+        let mut t = self.table.write();
+        if dst.is_some() {
+            t.detach(new_parent, new_name);
+        }
+        t.rename(parent, name, new_parent, new_name);
+        if let Some(n) = t.get_mut(src) {
+            n.upper = true;
+        }
+        Ok(())
+    }
+
+    /// Changes attributes. Mode, owner and times of a lower file are a metadata-only copy-up;
+    /// a size change copies the data (none for size 0).
+    ///
+    /// # Errors
+    /// `ReadOnly`, `IsDir` (size of a dir), I/O errors.
+    pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> Result<Attr> {
+        let u = self.upper()?;
+        let _ns = self.ns.read();
+        let s = self.state(ino)?;
+        if let Some(size) = set.size {
+            if s.kind == EntryKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            self.copy_up(ino, size != 0)?;
+            let path = u.path(&self.path_of(ino)?);
+            if self.state(ino)?.metacopy {
+                // size == 0: the lower data is not needed any more.
+                xattr::remove(&path, METACOPY_XATTR)
+                    .map_err(FsError::io("remove marker", &path))?;
+                if let Some(n) = self.table.write().get_mut(ino) {
+                    n.metacopy = false;
+                    n.lower.clear();
+                }
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(FsError::io("open", &path))?;
+            f.set_len(size).map_err(FsError::io("truncate", &path))?;
+        }
+        let meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some();
+        if meta {
+            self.copy_up(ino, false)?;
+            let path = u.path(&self.path_of(ino)?);
+            if set.uid.is_some() || set.gid.is_some() {
+                std::os::unix::fs::lchown(&path, set.uid, set.gid)
+                    .map_err(FsError::io("chown", &path))?;
+            }
+            if let Some(mode) = set.mode {
+                if s.kind != EntryKind::Symlink {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                        .map_err(FsError::io("chmod", &path))?;
+                }
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                set_times_nofollow(&path, ts(set.atime), ts(set.mtime))?;
+            }
+        }
+        self.getattr(ino, fh)
+    }
+
+    /// Sets an xattr (copying a lower entry up, metadata only). Internal names are refused.
+    ///
+    /// # Errors
+    /// `InternalXattr`, `ReadOnly`, I/O errors.
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if is_internal_xattr(name.as_bytes()) {
+            return Err(FsError::InternalXattr(name.to_string_lossy().into_owned()));
+        }
+        let u = self.upper()?;
+        let _ns = self.ns.read();
+        self.copy_up(ino, false)?;
+        let path = u.path(&self.path_of(ino)?);
+        xattr::set(&path, name.as_bytes(), value, flags).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODATA) => FsError::NoXattr,
+            _ => FsError::io("setxattr", &path)(e),
+        })
+    }
+
+    /// Removes an xattr (copying a lower entry up, metadata only).
+    ///
+    /// # Errors
+    /// `NoXattr`, `InternalXattr`, `ReadOnly`, I/O errors.
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        if is_internal_xattr(name.as_bytes()) {
+            return Err(FsError::InternalXattr(name.to_string_lossy().into_owned()));
+        }
+        self.getxattr(ino, name)?;
+        let u = self.upper()?;
+        let _ns = self.ns.read();
+        self.copy_up(ino, false)?;
+        let path = u.path(&self.path_of(ino)?);
+        xattr::remove(&path, name.as_bytes()).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODATA) => FsError::NoXattr,
+            _ => FsError::io("removexattr", &path)(e),
+        })
+    }
+}
