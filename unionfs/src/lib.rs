@@ -11,8 +11,11 @@
 pub mod dirtree;
 pub mod error;
 pub mod fs;
+mod fuse;
 pub mod index;
 pub mod lower;
+mod mount;
+mod sys;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod xattr;
@@ -22,3 +25,4 @@ pub use error::{FsError, Result};
 pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
 pub use index::{IndexEntry, IndexKind, IndexTree};
 pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
+pub use mount::{MountOptions, Session, UnionConfig, UpperDirs, mount, spawn};

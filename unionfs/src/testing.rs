@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::index::{ArenaBuilder, Content, IndexEntry, IndexKind, IndexTree, Payload};
 use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
 
+pub use crate::mount::MountedUnion;
+
 /// An in-memory lower tree for tests; contents live in memory, so `open` returns `None` and the
 /// union reads through `read_at`.
 #[derive(Debug)]

@@ -122,10 +122,6 @@ impl InodeTable {
         self.children.get(&(parent, name.to_owned())).copied()
     }
 
-    pub(crate) fn by_origin(&self, origin: &LowerRef) -> Option<Ino> {
-        self.origins.get(origin).copied()
-    }
-
     /// The inode for `parent/name`: the existing one, the one of a hard-linked `origin`, or a
     /// new one. The name is (re)attached to it.
     pub(crate) fn attach(

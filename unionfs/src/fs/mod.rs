@@ -16,7 +16,7 @@
 
 mod inode;
 pub(crate) mod upper;
-mod write;
+pub mod write;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -529,12 +529,14 @@ impl UnionFs {
     fn attr_of(&self, ino: Ino, s: &NodeState, fh: Option<Fh>) -> Result<Attr> {
         if s.upper {
             let md = match fh.and_then(|f| self.handle(f).ok()) {
-                Some(h) if matches!(h.data, HandleData::Upper(_)) => match &h.data {
-                    HandleData::Upper(f) => {
-                        f.metadata().map_err(FsError::io("fstat", "<handle>"))?
+                Some(h) if h.ino == ino && matches!(h.data, HandleData::Upper(_)) => {
+                    match &h.data {
+                        HandleData::Upper(f) => {
+                            f.metadata().map_err(FsError::io("fstat", "<handle>"))?
+                        }
+                        _ => unreachable_md()?,
                     }
-                    _ => unreachable_md()?,
-                },
+                }
                 _ => {
                     let p = self.upper()?.path(&self.path_of(ino)?);
                     p.symlink_metadata().map_err(FsError::io("stat", &p))?
@@ -784,6 +786,12 @@ impl UnionFs {
         };
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Whether an open handle reads an immutable lower file.
+    pub fn is_lower_handle(&self, fh: Fh) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| matches!(h.data, HandleData::Lower { file: Some(_), .. }))
     }
 
     /// The file backing an open handle, for FUSE passthrough.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{CWD, FileType, Mode};
 
-use crate::dirtree::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_dev};
+use crate::dirtree::{WHITEOUT_PREFIX, is_whiteout_dev};
 use crate::error::{FsError, Result};
 use crate::xattr;
 
@@ -188,13 +188,6 @@ impl Upper {
             OPAQUE_TRUSTED
         };
         xattr::set(path, name, b"y", 0).map_err(FsError::io("set opaque xattr", path))
-    }
-
-    pub(crate) fn clear_opaque(&self, path: &Path) {
-        for n in [OPAQUE_TRUSTED, OPAQUE_USER] {
-            let _ = xattr::remove(path, n);
-        }
-        let _ = std::fs::remove_file(path.join(OPAQUE_MARKER));
     }
 }
 

@@ -1,0 +1,563 @@
+//! The FUSE adapter: the only file that touches `fuser::Reply*`. Each method calls the
+//! [`UnionFs`] method of the same name and turns the result into a reply; a failure is logged
+//! once (op, inode, errno; `debug` for ENOENT) and answered with its errno.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::error::FsError;
+use crate::fs::write::{SetAttr, SetTime};
+use crate::fs::{Attr, Caller, Entry, Fh, Ino, UnionFs};
+use crate::lower::EntryKind;
+use crate::mount::MountOptions;
+
+fn file_type(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+        EntryKind::CharDev | EntryKind::Whiteout => FileType::CharDevice,
+        EntryKind::BlockDev => FileType::BlockDevice,
+        EntryKind::Fifo => FileType::NamedPipe,
+        EntryKind::Socket => FileType::Socket,
+        EntryKind::File => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: u32::try_from(a.rdev).unwrap_or(0),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn errno(op: &str, ino: u64, e: &FsError) -> Errno {
+    let code = e.errno();
+    if code == libc::ENOENT || code == libc::ENODATA {
+        log::debug!("{op}(ino {ino}): {e}");
+    } else {
+        log::warn!("{op}(ino {ino}) failed with errno {code}: {e}");
+    }
+    Errno::from_i32(code)
+}
+
+/// Backing ids for passthrough, one per inode, shared by all its open handles.
+#[derive(Debug, Default)]
+struct Backing {
+    by_ino: HashMap<u64, (Arc<BackingId>, usize)>,
+    by_fh: HashMap<u64, u64>,
+}
+
+/// The `fuser::Filesystem` over a [`UnionFs`].
+#[derive(Debug)]
+pub(crate) struct FuseAdapter {
+    fs: Arc<UnionFs>,
+    opts: MountOptions,
+    passthrough: bool,
+    backing: Mutex<Backing>,
+}
+
+impl FuseAdapter {
+    pub(crate) fn new(fs: Arc<UnionFs>, opts: MountOptions) -> Self {
+        FuseAdapter {
+            fs,
+            opts,
+            passthrough: false,
+            backing: Mutex::new(Backing::default()),
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, e: &Entry) {
+        let (attr_ttl, entry_ttl) = if e.immutable {
+            (self.opts.lower_ttl, self.opts.lower_ttl)
+        } else {
+            (self.opts.attr_ttl, self.opts.entry_ttl)
+        };
+        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&e.attr), Generation(0));
+    }
+
+    fn attr_ttl(&self) -> Duration {
+        self.opts.attr_ttl
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.opts.passthrough {
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+                let _ = config.set_max_stack_depth(2);
+                self.passthrough = true;
+            } else {
+                log::warn!("the kernel does not offer FUSE passthrough; reads go through strata");
+            }
+        } else if self.opts.writeback_cache {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(Ino(parent.0), name) {
+            Ok(e) => self.reply_entry(reply, &e),
+            Err(e) => reply.error(errno("lookup", parent.0, &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(Ino(ino.0), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
+            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a)),
+            Err(e) => reply.error(errno("getattr", ino.0, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.fs.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
+            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a)),
+            Err(e) => reply.error(errno("setattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        use std::os::unix::ffi::OsStrExt;
+        match self.fs.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno("readlink", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .fs
+            .mknod(Ino(parent.0), name, mode, umask, rdev.into(), caller(req))
+        {
+            Ok(e) => self.reply_entry(reply, &e),
+            Err(e) => reply.error(errno("mknod", parent.0, &e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.mkdir(Ino(parent.0), name, mode, umask, caller(req)) {
+            Ok(e) => self.reply_entry(reply, &e),
+            Err(e) => reply.error(errno("mkdir", parent.0, &e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(Ino(parent.0), name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", parent.0, &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(Ino(parent.0), name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", parent.0, &e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .fs
+            .symlink(Ino(parent.0), link_name, target, caller(req))
+        {
+            Ok(e) => self.reply_entry(reply, &e),
+            Err(e) => reply.error(errno("symlink", parent.0, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .fs
+            .rename(Ino(parent.0), name, Ino(newparent.0), newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", parent.0, &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link(Ino(ino.0), Ino(newparent.0), newname) {
+            Ok(e) => self.reply_entry(reply, &e),
+            Err(e) => reply.error(errno("link", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fh = match self.fs.open(Ino(ino.0), flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno("open", ino.0, &e)),
+        };
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+        let immutable = read_only && self.fs.is_lower_handle(fh);
+        let cache = if immutable {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        if self.passthrough && immutable {
+            let mut b = self.backing.lock();
+            let id = match b.by_ino.get_mut(&ino.0) {
+                Some((id, n)) => {
+                    *n += 1;
+                    Some(id.clone())
+                }
+                None => match self.fs.backing_file(fh).map(|f| reply.open_backing(&f)) {
+                    Some(Ok(id)) => {
+                        let id = Arc::new(id);
+                        b.by_ino.insert(ino.0, (id.clone(), 1));
+                        Some(id)
+                    }
+                    Some(Err(e)) => {
+                        log::debug!("passthrough refused for ino {}: {e}", ino.0);
+                        None
+                    }
+                    None => None,
+                },
+            };
+            if let Some(id) = id {
+                b.by_fh.insert(fh.0, ino.0);
+                drop(b);
+                return reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id);
+            }
+        }
+        reply.opened(FileHandle(fh.0), cache);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(Fh(fh.0), offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno("read", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(Fh(fh.0), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", ino.0, &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(Fh(fh.0));
+        let mut b = self.backing.lock();
+        if let Some(ino) = b.by_fh.remove(&fh.0) {
+            if let Some((_, n)) = b.by_ino.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    b.by_ino.remove(&ino);
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsync(Fh(fh.0), datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", ino.0, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(Fh(fh.0), offset) {
+            Ok(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let next = offset + i as u64 + 1;
+                    if reply.add(INodeNo(item.ino.0), next, file_type(item.kind), &item.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdir", ino.0, &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(Fh(fh.0));
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno("statfs", ino.0, &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(Ino(ino.0), name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", ino.0, &e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(Ino(ino.0), name) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(Ino(ino.0)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                xattr_reply(reply, &buf, size);
+            }
+            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(Ino(ino.0), name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", ino.0, &e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(Ino(ino.0), mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("access", ino.0, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .fs
+            .create(Ino(parent.0), name, mode, umask, flags, caller(req))
+        {
+            Ok((e, fh)) => reply.created(
+                &self.opts.entry_ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+                FileHandle(fh.0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno("create", parent.0, &e)),
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}

@@ -1,0 +1,340 @@
+//! Mounting: the API the CLI calls, in a foreground (blocking) and a background form.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::error::{FsError, Result};
+use crate::fs::{FsOptions, UnionFs};
+use crate::fuse::FuseAdapter;
+use crate::lower::LowerTree;
+use crate::sys;
+
+/// Device node every FUSE mount needs.
+const DEV_FUSE: &str = "/dev/fuse";
+/// TTL of entries served purely from lower layers: they never change while mounted.
+const LOWER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// TTL of entries that may change (the upper): short, since only strata changes them.
+const UPPER_TTL: Duration = Duration::from_secs(1);
+
+/// The writable side of a union.
+#[derive(Clone, Debug)]
+pub struct UpperDirs {
+    /// Directory that receives changes (at their merged paths).
+    pub upper: PathBuf,
+    /// Scratch directory on the same filesystem, emptied at mount.
+    pub work: PathBuf,
+}
+
+/// Mount-time knobs.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// How long the kernel may cache a name → inode of the upper (and merged dirs).
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache attributes of the upper.
+    pub attr_ttl: Duration,
+    /// Entry and attribute TTL of entries served purely from the (immutable) lowers.
+    pub lower_ttl: Duration,
+    /// FUSE worker threads.
+    pub n_threads: usize,
+    /// Ask for FUSE passthrough for reads of lower files (needs CAP_SYS_ADMIN, kernel ≥ 6.9).
+    pub passthrough: bool,
+    /// Ask for the kernel writeback cache (not together with passthrough).
+    pub writeback_cache: bool,
+    /// Let other users see the mount (`allow_other`; needs root or `user_allow_other`).
+    pub allow_other: bool,
+    /// fsync copied-up files before renaming them into place.
+    pub fsync_copy_up: bool,
+    /// The `fsname` shown in `/proc/mounts`.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            entry_ttl: UPPER_TTL,
+            attr_ttl: UPPER_TTL,
+            lower_ttl: LOWER_TTL,
+            n_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            passthrough: false,
+            writeback_cache: false,
+            allow_other: false,
+            fsync_copy_up: true,
+            fs_name: "strata".into(),
+        }
+    }
+}
+
+impl MountOptions {
+    /// Zero TTLs, so the kernel cache cannot hide a bug (for tests).
+    pub fn uncached() -> Self {
+        MountOptions {
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
+            lower_ttl: Duration::ZERO,
+            fsync_copy_up: false,
+            ..MountOptions::default()
+        }
+    }
+}
+
+/// Everything a union mount needs.
+#[derive(Clone, Debug)]
+pub struct UnionConfig {
+    /// Lower trees, top first.
+    pub lowers: Vec<Arc<dyn LowerTree>>,
+    /// The writable side; `None` mounts read-only.
+    pub upper: Option<UpperDirs>,
+    /// Knobs.
+    pub options: MountOptions,
+}
+
+/// A live background mount; unmounts when dropped.
+#[derive(Debug)]
+pub struct Session {
+    inner: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Session {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the FUSE threads.
+    ///
+    /// # Errors
+    /// When the kernel refuses the unmount (busy) or the session thread failed.
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(s) => s.umount_and_join().map_err(|source| FsError::Mount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            log::warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+fn check_dev_fuse() -> Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(DEV_FUSE)
+        .map(drop)
+        .map_err(FsError::FuseUnavailable)
+}
+
+fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Config)> {
+    check_dev_fuse()?;
+    let md = mountpoint
+        .metadata()
+        .map_err(FsError::io("mountpoint", mountpoint))?;
+    if !md.is_dir() {
+        return Err(FsError::Config(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let read_only = config.upper.is_none();
+    let fs = UnionFs::new(
+        config.lowers,
+        config.upper.map(|u| (u.upper, u.work)),
+        FsOptions {
+            fsync_copy_up: config.options.fsync_copy_up,
+        },
+    )?;
+    let mut opts = vec![
+        MountOption::FSName(config.options.fs_name.clone()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if read_only {
+        opts.push(MountOption::RO);
+    }
+    if rustix::process::geteuid().is_root() {
+        opts.push(MountOption::Suid);
+        opts.push(MountOption::Dev);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = opts;
+    cfg.n_threads = Some(config.options.n_threads.max(1));
+    cfg.clone_fd = true;
+    cfg.acl = if config.options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    Ok((FuseAdapter::new(Arc::new(fs), config.options), cfg))
+}
+
+/// Mounts in the background and returns once the mount is live.
+///
+/// # Errors
+/// `FuseUnavailable` when `/dev/fuse` cannot be opened; `Config` for a bad mountpoint, upper or
+/// work dir; `Mount` when the kernel (or fusermount3) refuses.
+pub fn spawn(config: UnionConfig, mountpoint: &Path) -> Result<Session> {
+    let (fs, cfg) = prepare(config, mountpoint)?;
+    let s = fuser::spawn_mount(fs, mountpoint, &cfg).map_err(|source| FsError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
+    })?;
+    Ok(Session {
+        inner: Some(s),
+        mountpoint: mountpoint.to_owned(),
+    })
+}
+
+/// Mounts in the foreground: returns when the mount goes away (`fusermount3 -u`, `umount`) or
+/// after SIGTERM, SIGINT or SIGHUP, which unmount first. Call it from the main thread before
+/// other threads exist, so the signals reach it.
+///
+/// `ready` runs once the mount is live (e.g. to tell a parent process).
+///
+/// # Errors
+/// As [`spawn`]; also when the unmount at a signal fails.
+pub fn mount(config: UnionConfig, mountpoint: &Path, ready: impl FnOnce()) -> Result<()> {
+    let signals = sys::block_stop_signals().map_err(|source| FsError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
+    })?;
+    let mut session = spawn(config, mountpoint)?;
+    ready();
+    let waiter = sys::current_thread();
+    let guard = session
+        .inner
+        .as_mut()
+        .map(|s| std::mem::replace(&mut s.guard, std::thread::spawn(|| Ok(()))));
+    let watcher = guard.map(|g| {
+        std::thread::spawn(move || {
+            let r = g.join();
+            waiter.signal(sys::SESSION_ENDED_SIGNAL);
+            r
+        })
+    });
+    let sig = signals.wait().map_err(|source| FsError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
+    })?;
+    let result = if sig == sys::SESSION_ENDED_SIGNAL {
+        // Unmounted from outside; nothing left to unmount.
+        drop(session.inner.take());
+        Ok(())
+    } else {
+        log::info!("signal {sig}: unmounting {}", mountpoint.display());
+        session.unmount_inner()
+    };
+    if let Some(w) = watcher {
+        let _ = w.join();
+        // The watcher's signal may be pending; take it so it does not leak past the mask.
+        if sig != sys::SESSION_ENDED_SIGNAL {
+            let _ = signals.wait();
+        }
+    }
+    drop(signals);
+    result
+}
+
+/// A union mounted under a fresh temp dir named `strata-test-*`, for tests. `Drop` unmounts
+/// (falling back to `fusermount3 -u`, then `-u -z`, then a lazy `umount`) before removing the
+/// dir, so a failing test still cleans up.
+#[cfg(feature = "test-util")]
+#[derive(Debug)]
+pub struct MountedUnion {
+    session: Option<Session>,
+    dir: Option<tempfile::TempDir>,
+    mountpoint: PathBuf,
+}
+
+#[cfg(feature = "test-util")]
+impl MountedUnion {
+    /// Mounts `config` under a new temp dir.
+    ///
+    /// # Errors
+    /// As [`spawn`], and I/O errors creating the temp dir.
+    pub fn mount(config: UnionConfig) -> Result<MountedUnion> {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-test-")
+            .tempdir()
+            .map_err(FsError::io("create temp dir", std::env::temp_dir()))?;
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).map_err(FsError::io("mkdir", &mountpoint))?;
+        let session = spawn(config, &mountpoint)?;
+        Ok(MountedUnion {
+            session: Some(session),
+            dir: Some(dir),
+            mountpoint,
+        })
+    }
+
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts now, returning any error.
+    ///
+    /// # Errors
+    /// When the unmount fails.
+    pub fn unmount(mut self) -> Result<()> {
+        let r = self.session.take().map_or(Ok(()), Session::unmount);
+        if r.is_err() {
+            self.force_unmount();
+        }
+        r
+    }
+
+    fn force_unmount(&self) {
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(1) == Some(&*self.mountpoint.to_string_lossy()))
+            })
+        };
+        for args in [&["-u"][..], &["-u", "-z"][..]] {
+            if !mounted() {
+                return;
+            }
+            let _ = std::process::Command::new("fusermount3")
+                .args(args)
+                .arg(&self.mountpoint)
+                .status();
+        }
+        if mounted() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+#[cfg(feature = "test-util")]
+impl Drop for MountedUnion {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if s.unmount().is_err() {
+                self.force_unmount();
+            }
+        }
+        self.force_unmount();
+        drop(self.dir.take());
+    }
+}
