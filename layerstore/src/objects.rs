@@ -109,6 +109,11 @@ impl Objects {
         Ok(out)
     }
 
+    /// Number of object files on disk (0 when the directory cannot be read).
+    pub fn list_count(&self) -> usize {
+        self.list().map(|l| l.len()).unwrap_or(0)
+    }
+
     /// Starts a batch of new objects.
     pub(crate) fn staging(&self) -> Result<Staging<'_>> {
         fs::create_dir_all(&self.tmp).ctx("create dir", &self.tmp)?;
@@ -190,13 +195,20 @@ impl Staging<'_> {
         let (mut f, p) = self.tmp_file()?;
         let mut h = Hasher::new();
         let mut buf = vec![0u8; COPY_BUF];
-        loop {
-            let n = fill(&mut buf)?;
-            if n == 0 {
-                break;
+        let copied = (|| -> Result<()> {
+            loop {
+                let n = fill(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                h.update(&buf[..n]);
+                f.write_all(&buf[..n]).ctx("write", &p)?;
             }
-            h.update(&buf[..n]);
-            f.write_all(&buf[..n]).ctx("write", &p)?;
+        })();
+        if let Err(e) = copied {
+            drop(f);
+            let _ = fs::remove_file(&p); // the input failed: the partial file is garbage
+            return Err(e);
         }
         let d = h.finish();
         if self.known(&d) {

@@ -1,0 +1,181 @@
+//! Shared helpers: a temp store, running `strata`, building tars.
+
+#![allow(dead_code)] // each test module uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+/// Read at run time first: the rootless rerun (scripts/test.sh) runs the tests from a nextest
+/// archive, which points this variable at a copy the unprivileged user can read.
+pub fn strata_bin() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_strata")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata")))
+}
+
+/// A temp dir (named `strata-test-*`) with a store root inside.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv {
+            dir: tempfile::Builder::new()
+                .prefix("strata-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `strata --root <root>` command.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(strata_bin());
+        c.arg("--root").arg(self.root()).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `strata ARGS`, returns the output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs `strata ARGS` and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs `strata --format json ARGS` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Runs `strata ARGS`, asserts failure with exit code 1 and that stderr contains `needle`.
+    pub fn fails(&self, args: &[&str], needle: &str) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "strata {args:?} should fail: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "stderr of {args:?} lacks {needle:?}: {err}"
+        );
+        assert!(err.starts_with("error: "), "{err}");
+        err
+    }
+
+    /// Asserts `strata fsck` passes.
+    pub fn fsck_clean(&self) {
+        let rep = self.json(&["fsck"]);
+        assert_eq!(rep["errors"].as_array().unwrap().len(), 0, "{rep}");
+    }
+
+    /// Writes bytes to a file in the temp dir.
+    pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use std::fmt::Write;
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    // Prefer an independent implementation (coreutils) as the oracle.
+    let mut child = out.unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(data).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let s = String::from_utf8(o.stdout).unwrap();
+    let mut h = String::new();
+    write!(h, "{}", &s[..64]).unwrap();
+    h
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8(o.stdout).unwrap()[..64].to_owned()
+}
+
+fn hdr(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h
+}
+
+/// A small rootfs tar: dirs, files, a symlink, a hard link, a fifo, a device, xattrs.
+pub fn rootfs_tar(extra: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["./", "bin/", "etc/", "tmp/"] {
+        let mut h = hdr(tar::EntryType::Directory, 0o755, 0);
+        b.append_data(&mut h, d, &[][..]).unwrap();
+    }
+    let os = format!("PRETTY_NAME=\"strata test\"\n{extra}");
+    let mut h = hdr(tar::EntryType::Regular, 0o644, os.len() as u64);
+    b.append_data(&mut h, "etc/os-release", os.as_bytes())
+        .unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+        .unwrap();
+    let script = b"#!/bin/sh\necho hello\n";
+    let mut h = hdr(tar::EntryType::Regular, 0o755, script.len() as u64);
+    b.append_data(&mut h, "bin/hello", &script[..]).unwrap();
+    let mut h = hdr(tar::EntryType::Link, 0o755, 0);
+    b.append_link(&mut h, "bin/hello2", "bin/hello").unwrap();
+    let mut h = hdr(tar::EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut h, "bin/sh-link", "/bin/hello").unwrap();
+    let mut h = hdr(tar::EntryType::Fifo, 0o600, 0);
+    b.append_data(&mut h, "tmp/fifo", &[][..]).unwrap();
+    let mut h = hdr(tar::EntryType::Char, 0o666, 0);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    b.append_data(&mut h, "null", &[][..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A tar with `files` files of `size` bytes each (distinct contents), for slow imports.
+pub fn many_files_tar(files: usize, size: usize, seed: u8) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = hdr(tar::EntryType::Directory, 0o755, 0);
+    b.append_data(&mut h, "data/", &[][..]).unwrap();
+    for i in 0..files {
+        let data: Vec<u8> = (0..size)
+            .map(|j| (j as u64 * 31 + i as u64 * 7 + u64::from(seed)) as u8)
+            .collect();
+        let mut h = hdr(tar::EntryType::Regular, 0o644, size as u64);
+        b.append_data(&mut h, format!("data/f{i:05}"), &data[..])
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}

@@ -1,0 +1,362 @@
+//! The store through the CLI: import, images, history, inspect, tag, rmi, layer export, gc,
+//! df, fsck, and bad input.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+fn diff_id(env: &TestEnv, image: &str) -> String {
+    env.json(&["inspect", image])["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn import_history_export_gives_back_the_same_tar() {
+    let env = TestEnv::new();
+    let tar = rootfs_tar("");
+    let file = env.write("rootfs.tar", &tar);
+    let out = env.json(&[
+        "import",
+        file.to_str().unwrap(),
+        "example.com/team/base:1.0",
+    ]);
+    assert_eq!(out["diff_id"], format!("sha256:{}", sha256_hex(&tar)));
+    assert_eq!(out["tags"][0], "example.com/team/base:1.0");
+
+    let hist = env.json(&["history", "example.com/team/base:1.0"]);
+    assert_eq!(hist.as_array().unwrap().len(), 1);
+    assert_eq!(hist[0]["image"], out["id"]);
+    assert_eq!(hist[0]["size"], tar.len() as u64);
+    assert!(
+        hist[0]["comment"]
+            .as_str()
+            .unwrap()
+            .starts_with("Imported from")
+    );
+
+    let exported = env.path("out.tar");
+    env.ok(&[
+        "layer",
+        "export",
+        out["diff_id"].as_str().unwrap(),
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&exported), sha256_hex(&tar));
+    // Also by short prefix, to stdout.
+    let short = &out["diff_id"].as_str().unwrap()[7..19];
+    let o = env.cmd().args(["layer", "export", short]).output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(sha256_hex(&o.stdout), sha256_hex(&tar));
+    env.fsck_clean();
+}
+
+#[test]
+fn import_from_stdin_with_changes() {
+    let env = TestEnv::new();
+    let tar = rootfs_tar("");
+    let mut child = env
+        .cmd()
+        .args([
+            "--format",
+            "json",
+            "import",
+            "-c",
+            "CMD [\"/bin/hello\"]",
+            "-c",
+            "ENV A=1",
+            "-c",
+        ])
+        .args(["EXPOSE 18181/tcp", "-m", "my message", "-", "piped"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+    }
+    assert!(child.wait_with_output().unwrap().status.success());
+    let cfg = env.json(&["inspect", "piped"]);
+    assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["/bin/hello"]));
+    assert_eq!(cfg["config"]["Env"], serde_json::json!(["A=1"]));
+    assert!(cfg["config"]["ExposedPorts"]["18181/tcp"].is_object());
+    assert_eq!(cfg["history"][0]["comment"], "my message");
+    assert_eq!(cfg["repo_tags"][0], "docker.io/library/piped:latest");
+    assert_eq!(cfg["architecture"], "amd64");
+}
+
+#[test]
+fn images_text_output_uses_familiar_names_and_docker_columns() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    env.ok(&["import", f.to_str().unwrap(), "alpha"]);
+    let out = env.ok(&["images"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("REPOSITORY   TAG      IMAGE ID       CREATED"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("alpha        latest   "), "{out}");
+    let q = env.ok(&["images", "-q"]);
+    assert_eq!(q.trim().len(), 12);
+    let hist = env.ok(&["history", "alpha"]);
+    assert!(hist.starts_with("IMAGE          CREATED"), "{hist}");
+}
+
+#[test]
+fn tag_rmi_and_gc() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    let id = env.json(&["import", f.to_str().unwrap(), "one"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.ok(&["tag", "one", "localhost:5000/two:v2"]);
+    env.ok(&["tag", &id[7..19], "three"]);
+    let images = env.json(&["images"]);
+    assert_eq!(images[0]["repo_tags"].as_array().unwrap().len(), 3);
+    // By ID with several tags: refused unless forced.
+    env.fails(&["rmi", &id], "must be forced");
+    let out = env.ok(&["rmi", "one"]);
+    assert_eq!(out.trim(), "Untagged: one:latest");
+    let out = env.ok(&["rmi", "-f", &id]);
+    assert!(out.contains("Untagged: localhost:5000/two:v2"), "{out}");
+    assert!(out.contains(&format!("Deleted: {id}")), "{out}");
+    assert_eq!(env.json(&["images"]).as_array().unwrap().len(), 0);
+    let dry = env.json(&["gc", "--dry-run"]);
+    assert_eq!(dry["layers"].as_array().unwrap().len(), 1);
+    assert!(dry["objects"].as_u64().unwrap() >= 2);
+    assert_eq!(env.json(&["df"])["layers"], 1, "dry run removed nothing");
+    env.ok(&["gc"]);
+    let df = env.json(&["df"]);
+    assert_eq!(
+        (df["layers"].as_u64(), df["objects"].as_u64()),
+        (Some(0), Some(0))
+    );
+    env.fsck_clean();
+}
+
+#[test]
+fn df_reports_shared_and_unique_bytes() {
+    let env = TestEnv::new();
+    let a = env.write("a.tar", &rootfs_tar("A=1\n"));
+    let b = env.write("b.tar", &rootfs_tar("B=22\n"));
+    env.ok(&["import", a.to_str().unwrap(), "a"]);
+    env.ok(&["import", b.to_str().unwrap(), "b"]);
+    let df = env.json(&["df"]);
+    for img in df["images"].as_array().unwrap() {
+        // bin/hello is shared; os-release differs.
+        assert_eq!(img["shared"], 21, "{img}");
+        assert!(img["unique"].as_u64().unwrap() > 20, "{img}");
+    }
+}
+
+#[test]
+fn invalid_references_are_refused_before_any_work() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    let f = f.to_str().unwrap();
+    env.fails(&["import", f, "Ubuntu"], "must be lowercase");
+    env.fails(&["import", f, "ubuntu:bad@tag"], "invalid");
+    env.fails(&["import", f, "ubuntu@sha256:1234"], "digest");
+    env.fails(&["import", f, "a/:b"], "invalid");
+    env.fails(&["import", f, &"a".repeat(300)], "more than 255 characters");
+    assert_eq!(env.json(&["df"])["layers"], 0);
+    env.ok(&["import", f, "fine"]);
+    env.fails(&["tag", "fine", "UPPER"], "must be lowercase");
+}
+
+#[test]
+fn unknown_image_and_layer_say_what_to_do() {
+    let env = TestEnv::new();
+    env.fails(&["history", "nope"], "not found");
+    env.fails(&["inspect", "nope:1"], "strata images");
+    env.fails(&["rmi", "nope"], "not found");
+    env.fails(
+        &[
+            "layer",
+            "export",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+        "not found",
+    );
+}
+
+#[test]
+fn bad_tars_fail_cleanly_and_leave_the_store_clean() {
+    let env = TestEnv::new();
+    let tar = rootfs_tar("");
+    let cut = env.write("cut.tar", &tar[..1200]);
+    let err = env.fails(&["import", cut.to_str().unwrap(), "x"], "truncated");
+    assert!(err.contains("cut.tar"), "the error names the file: {err}");
+    let mut evil = tar.clone();
+    evil[0..4].copy_from_slice(b"../x");
+    let evil = env.write("evil.tar", &evil);
+    env.fails(&["import", evil.to_str().unwrap(), "x"], "checksum");
+    let garbage = env.write(
+        "garbage.gz",
+        &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5],
+    );
+    env.fails(&["import", garbage.to_str().unwrap(), "x"], "importing");
+    let xz = env.write("x.xz", &[0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2]);
+    env.fails(&["import", xz.to_str().unwrap(), "x"], "xz -d");
+    env.fails(
+        &["import", env.path("missing.tar").to_str().unwrap(), "x"],
+        "opening",
+    );
+    assert_eq!(env.json(&["images"]).as_array().unwrap().len(), 0);
+    env.fsck_clean();
+    let good = env.write("good.tar", &tar);
+    env.ok(&["import", good.to_str().unwrap(), "x"]);
+}
+
+#[test]
+fn fsck_finds_a_damaged_object() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    // Corrupt one object behind the store's back.
+    let objects = env.root().join("objects/sha256");
+    let sub = std::fs::read_dir(&objects)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let obj = std::fs::read_dir(sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut perm = std::fs::metadata(&obj).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)] // the test damages the store on purpose
+    perm.set_readonly(false);
+    std::fs::set_permissions(&obj, perm).unwrap();
+    std::fs::write(&obj, b"damaged").unwrap();
+    let o = env.run(&["fsck"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("error: object sha256:"), "{out}");
+    assert!(out.contains("error: layer sha256:"), "{out}");
+    env.fails(
+        &[
+            "layer",
+            "export",
+            &diff_id(&env, "x"),
+            "-o",
+            env.path("o.tar").to_str().unwrap(),
+        ],
+        "fsck",
+    );
+    assert!(
+        !env.path("o.tar").exists(),
+        "a failed export leaves no file"
+    );
+}
+
+#[test]
+fn two_processes_import_into_one_store_at_once() {
+    let env = TestEnv::new();
+    let a = env.write("a.tar", &many_files_tar(300, 20_000, 1));
+    let b = env.write("b.tar", &many_files_tar(300, 20_000, 2));
+    let pa = env
+        .cmd()
+        .args(["import", a.to_str().unwrap(), "a"])
+        .spawn()
+        .unwrap();
+    let pb = env
+        .cmd()
+        .args(["import", b.to_str().unwrap(), "b"])
+        .spawn()
+        .unwrap();
+    assert!(pa.wait_with_output().unwrap().status.success());
+    assert!(pb.wait_with_output().unwrap().status.success());
+    assert_eq!(env.json(&["images"]).as_array().unwrap().len(), 2);
+    env.fsck_clean();
+}
+
+/// SIGKILL `strata import` at many points; each time the store must pass fsck, and a
+/// re-import must then succeed.
+#[test]
+fn killed_import_leaves_a_store_that_fsck_passes() {
+    let env = TestEnv::new();
+    let tar = env.write("big.tar", &many_files_tar(1500, 30_000, 3));
+    // Deterministic spread of kill points from 0 to ~400 ms.
+    for i in 0..12u64 {
+        let delay = Duration::from_millis((i * 37) % 400);
+        let mut child = env
+            .cmd()
+            .args(["import", tar.to_str().unwrap(), &format!("k:{i}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        env.fsck_clean();
+    }
+    env.ok(&["import", tar.to_str().unwrap(), "final"]);
+    env.ok(&["gc"]);
+    let rep = env.json(&["fsck"]);
+    assert_eq!(rep["errors"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        rep["warnings"].as_array().unwrap().len(),
+        0,
+        "gc removed the leftovers: {rep}"
+    );
+    let exported = env.path("final.tar");
+    env.ok(&[
+        "layer",
+        "export",
+        &diff_id(&env, "final"),
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&exported), sha256_file(&tar));
+}
+
+/// The debootstrap rootfs fixture (scripts/fixtures/debian-rootfs.sh): import, export
+/// byte-identical, and a second import adds < 1% to the objects.
+#[test]
+fn slow_debian_rootfs_round_trip_and_dedup() {
+    let fixture = std::path::Path::new("/var/cache/strata-ci/debian-bookworm-minbase.tar");
+    if !fixture.exists() {
+        if std::env::var_os("STRATA_REQUIRE_FIXTURES").is_some() {
+            panic!(
+                "{} is missing: run scripts/fixtures/debian-rootfs.sh",
+                fixture.display()
+            );
+        }
+        eprintln!(
+            "skipped: {} missing (scripts/fixtures/debian-rootfs.sh)",
+            fixture.display()
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let f = fixture.to_str().unwrap();
+    env.ok(&["import", f, "debian:bookworm"]);
+    let before = env.json(&["df"])["object_bytes"].as_u64().unwrap();
+    // The same files in a different tar (another order of entries is another diff_id).
+    env.ok(&["import", f, "debian:again"]);
+    let after = env.json(&["df"])["object_bytes"].as_u64().unwrap();
+    assert!(after - before < before / 100, "{before} -> {after}");
+    let out = env.path("deb.tar");
+    env.ok(&[
+        "layer",
+        "export",
+        &diff_id(&env, "debian:bookworm"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&out), sha256_file(fixture));
+    env.fsck_clean();
+}
