@@ -46,6 +46,8 @@ pub(crate) struct NodeState {
     pub(crate) nlink: Option<u32>,
     /// No name left (open handles may still use it).
     pub(crate) unlinked: bool,
+    /// Numbered by a readdir but never looked up: its state is not resolved yet.
+    pub(crate) reserved: bool,
     /// Serialises copy-up of this inode.
     pub(crate) copy_lock: Arc<Mutex<()>>,
 }
@@ -64,6 +66,7 @@ impl NodeState {
             metacopy: false,
             nlink: None,
             unlinked: false,
+            reserved: false,
             copy_lock: Arc::new(Mutex::new(())),
         }
     }
@@ -132,10 +135,30 @@ impl InodeTable {
         origin: Option<LowerRef>,
     ) -> Ino {
         if let Some(ino) = self.child(parent, name) {
-            if self.nodes.get(&ino).is_some_and(|n| n.kind == kind) {
-                return ino;
+            let reserved = match self.nodes.get_mut(&ino) {
+                Some(n) if n.kind == kind => std::mem::replace(&mut n.reserved, false),
+                _ => {
+                    self.detach(parent, name);
+                    return self.attach(parent, name, kind, origin);
+                }
+            };
+            if let (true, Some(o)) = (reserved, origin) {
+                match self.origins.get(&o).copied() {
+                    // A hard link of an inode known under another name: share that inode.
+                    Some(other) if other != ino => {
+                        if let Some(n) = self.nodes.get_mut(&ino) {
+                            n.unlinked = true;
+                        }
+                        self.children.remove(&(parent, name.to_owned()));
+                        return self.attach(parent, name, kind, origin);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.origins.insert(o, ino);
+                    }
+                }
             }
-            self.detach(parent, name);
+            return ino;
         }
         if let Some(ino) = origin.as_ref().and_then(|o| self.origins.get(o).copied()) {
             if let Some(n) = self.nodes.get_mut(&ino) {
@@ -201,6 +224,20 @@ impl InodeTable {
                 }
             }
         }
+    }
+
+    /// Numbers `parent/name` for a directory listing without resolving it.
+    pub(crate) fn reserve(&mut self, parent: Ino, name: &OsStr, kind: EntryKind) -> Ino {
+        if let Some(ino) = self.child(parent, name) {
+            return ino;
+        }
+        let ino = Ino(self.next);
+        self.next += 1;
+        let mut n = NodeState::new(parent, name.to_owned(), kind);
+        n.reserved = true;
+        self.nodes.insert(ino, n);
+        self.children.insert((parent, name.to_owned()), ino);
+        ino
     }
 
     /// Adds a second name to an existing inode (hard link).

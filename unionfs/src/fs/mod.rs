@@ -708,17 +708,8 @@ impl UnionFs {
         ];
         let mut t = self.table.write();
         for (name, kind) in list {
-            let ino = match t.child(ino, &name) {
-                Some(i) => i,
-                None => {
-                    // Reserve the number now; the real state arrives with the lookup.
-                    let i = t.attach(ino, &name, kind, None);
-                    if let Some(n) = t.get_mut(i) {
-                        n.unlinked = false;
-                    }
-                    i
-                }
-            };
+            // Number it now; the real state arrives with the lookup.
+            let ino = t.reserve(ino, &name, kind);
             items.push(DirItem { ino, kind, name });
         }
         drop(t);

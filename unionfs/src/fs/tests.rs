@@ -272,3 +272,16 @@ fn readdir_offsets_are_stable() {
         assert_eq!(f.fs.readdir(fh, off as u64).unwrap(), all[off..].to_vec());
     }
 }
+
+#[test]
+fn link_to_lower_hard_link_counts_every_name() {
+    let f = fx();
+    names(&f.fs, ROOT_INO); // numbers a and b before any lookup
+    let a = lk(&f.fs, ROOT_INO, "a").unwrap().attr.ino;
+    lk(&f.fs, ROOT_INO, "b").unwrap();
+    f.fs.link(a, ROOT_INO, OsStr::new("c")).unwrap();
+    for n in ["a", "b", "c", "b", "a"] {
+        let e = lk(&f.fs, ROOT_INO, n).unwrap().attr;
+        assert_eq!((n, e.ino, e.nlink), (n, a, 3));
+    }
+}

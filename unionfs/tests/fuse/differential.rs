@@ -1,1 +1,253 @@
+//! Differential test: the same operations on kernel overlayfs and on strata over the same
+//! `DirTree` lowers; the resulting trees must match (content, mode, owner, nlink, readdir).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
 use crate::common::*;
+
+/// A kernel overlayfs mount, unmounted on drop.
+pub struct KernelOverlay {
+    path: PathBuf,
+}
+
+impl KernelOverlay {
+    /// Mounts `mount -t overlay` over `s`'s dirs; `None` (with a `skipped:` line) when the
+    /// kernel refuses.
+    pub fn mount(s: &Scratch, lowers: &[&str], upper: &str, work: &str) -> Option<KernelOverlay> {
+        let path = s.dir("kmnt");
+        s.dir(work);
+        let lowerdir: Vec<String> = lowers
+            .iter()
+            .map(|l| s.path(l).display().to_string())
+            .collect();
+        let opts = format!(
+            // index=on keeps hard links together across copy-up and redirect_dir=on lets lower
+            // dirs be renamed: the semantics strata gives by default.
+            "lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on",
+            lowerdir.join(":"),
+            s.path(upper).display(),
+            s.path(work).display()
+        );
+        let st = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&path)
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: kernel overlayfs mount failed");
+            return None;
+        }
+        Some(KernelOverlay { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+        if !ok.is_ok_and(|s| s.success()) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+/// One operation of the sequence.
+#[derive(Clone, Debug)]
+enum Op {
+    Write(&'static str, &'static [u8]),
+    Append(&'static str, &'static [u8]),
+    Truncate(&'static str, u64),
+    Chmod(&'static str, u32),
+    Chown(&'static str, u32, u32),
+    Mkdir(&'static str),
+    Unlink(&'static str),
+    RmTree(&'static str),
+    Rename(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    Symlink(&'static str, &'static str),
+}
+
+fn apply(root: &Path, op: &Op) -> Result<(), i32> {
+    let p = |r: &str| root.join(r);
+    let e = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error().unwrap_or(-1));
+    match op {
+        Op::Write(f, d) => e(fs::write(p(f), d)),
+        Op::Append(f, d) => e(fs::OpenOptions::new()
+            .append(true)
+            .open(p(f))
+            .and_then(|mut h| std::io::Write::write_all(&mut h, d))),
+        Op::Truncate(f, n) => e(fs::OpenOptions::new()
+            .write(true)
+            .open(p(f))
+            .and_then(|h| h.set_len(*n))),
+        Op::Chmod(f, m) => e(fs::set_permissions(p(f), fs::Permissions::from_mode(*m))),
+        Op::Chown(f, u, g) => e(std::os::unix::fs::lchown(p(f), Some(*u), Some(*g))),
+        Op::Mkdir(d) => e(fs::create_dir(p(d))),
+        Op::Unlink(f) => e(fs::remove_file(p(f))),
+        Op::RmTree(d) => e(fs::remove_dir_all(p(d))),
+        Op::Rename(a, b) => e(fs::rename(p(a), p(b))),
+        Op::Link(a, b) => e(fs::hard_link(p(a), p(b))),
+        Op::Symlink(t, l) => e(std::os::unix::fs::symlink(t, p(l))),
+    }
+}
+
+/// (kind, mode, uid, gid, nlink for non-dirs, content or link target) per path.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut first_name: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(root.join(&rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        out.insert(format!("{}/", rel.display()), format!("{names:?}"));
+        for n in names {
+            let r = rel.join(&n);
+            let md = fs::symlink_metadata(root.join(&r)).unwrap();
+            let what = if md.is_dir() {
+                stack.push(r.clone());
+                "dir".to_owned()
+            } else if md.file_type().is_symlink() {
+                format!(
+                    "link -> {}",
+                    fs::read_link(root.join(&r)).unwrap().display()
+                )
+            } else {
+                let data = fs::read(root.join(&r)).unwrap();
+                let head = String::from_utf8_lossy(&data[..data.len().min(40)]).into_owned();
+                // Names of one inode must be one inode on both sides.
+                let first = first_name
+                    .entry(md.ino())
+                    .or_insert_with(|| r.display().to_string());
+                format!(
+                    "file nlink={} len={} {head:?} inode-of={first}",
+                    md.nlink(),
+                    data.len()
+                )
+            };
+            out.insert(
+                r.display().to_string(),
+                format!("{:o} {}:{} {what}", md.mode() & 0o7777, md.uid(), md.gid()),
+            );
+        }
+    }
+    out
+}
+
+/// Kernel overlayfs reads only its own markers in lower dirs: char 0/0 whiteouts and
+/// `trusted.overlay.opaque`. Rewrite the fixture's `.wh.` spellings (DirTree reads both).
+pub fn to_kernel_format(s: &Scratch) {
+    use rustix::fs::{CWD, FileType, Mode};
+    fs::remove_file(s.path("l1/dir/.wh.gone")).unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        &s.path("l1/dir/gone"),
+        FileType::CharacterDevice,
+        Mode::empty(),
+        0,
+    )
+    .unwrap();
+    fs::remove_file(s.path("l1/opq/.wh..wh..opq")).unwrap();
+    rustix::fs::lsetxattr(
+        &s.path("l1/opq"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+fn compare(kernel: &Path, strata: &Path, when: &str) {
+    let (ks, ms) = (snapshot(kernel), snapshot(strata));
+    if ks != ms {
+        let diff: Vec<_> = ks
+            .iter()
+            .filter(|(p, v)| ms.get(*p) != Some(v))
+            .map(|(p, v)| format!("{p}: kernel {v} / strata {:?}", ms.get(p)))
+            .chain(
+                ms.keys()
+                    .filter(|p| !ks.contains_key(*p))
+                    .map(|p| format!("{p}: only strata")),
+            )
+            .collect();
+        panic!("trees differ {when}:\n{}", diff.join("\n"));
+    }
+}
+
+const OPS: &[Op] = &[
+    Op::Write("new", b"fresh"),
+    Op::Append("shadowed", b"+1"),
+    Op::Truncate("etc/passwd", 4),
+    Op::Chmod("etc/os-release", 0o600),
+    Op::Chown("big", 1000, 1000),
+    Op::Mkdir("dir/sub"),
+    Op::Write("dir/sub/f", b"in sub"),
+    Op::Unlink("dir/bottom"),
+    Op::Write("dir/gone", b"resurrected"),
+    Op::RmTree("deep"),
+    Op::Mkdir("deep"),
+    Op::Rename("shadowed", "renamed"),
+    Op::Rename("new", "etc/passwd"),
+    Op::Link("hl/a", "hl/c"),
+    Op::Append("hl/b", b"!"),
+    Op::Link("link", "link2"),
+    Op::Symlink("../etc", "dir/up"),
+    Op::Unlink("hl/a"),
+    Op::RmTree("opq"),
+    Op::Write("opq", b"now a file"),
+    Op::Unlink("missing"),
+    Op::Mkdir("etc"),
+    Op::Rename("dir", "dir2"),
+    Op::Rename("dir2/top", "dir2/top2"),
+    Op::Rename("etc", "dir2/etc"),
+    Op::Write("dir2/etc/new", b"x"),
+    Op::Rename("dir2", "deep/dir3"),
+    Op::Unlink("deep/dir3/etc/os-release"),
+    Op::Link("hl/b", "deep/hb"),
+    Op::Chmod("deep/hb", 0o4755),
+    Op::Truncate("renamed", 0),
+];
+
+#[test]
+fn differential_against_kernel_overlayfs() {
+    if !fuse_available("differential_against_kernel_overlayfs") {
+        return;
+    }
+    if !rustix_is_root() {
+        if std::env::var("STRATA_REQUIRE_FUSE").as_deref() == Ok("1") {
+            eprintln!("skipped: differential_against_kernel_overlayfs: needs root for overlayfs");
+        } else {
+            eprintln!("skipped: differential_against_kernel_overlayfs: needs root for overlayfs");
+        }
+        return;
+    }
+    let s = Scratch::new();
+    standard_layers(&s);
+    to_kernel_format(&s);
+    s.dir("kupper");
+    let Some(k) = KernelOverlay::mount(&s, &["l1", "l2"], "kupper", "kwork") else {
+        return;
+    };
+    let m = mount_over(&s, &["l1", "l2"], true);
+    compare(k.path(), m.path(), "before any operation");
+    for (i, op) in OPS.iter().enumerate() {
+        let a = apply(k.path(), op);
+        let b = apply(m.path(), op);
+        assert_eq!(a, b, "op {i} {op:?}: kernel {a:?} vs strata {b:?}");
+        compare(k.path(), m.path(), &format!("after op {i} {op:?}"));
+    }
+    m.unmount().unwrap();
+    drop(k);
+}
