@@ -8,7 +8,7 @@ use crate::reference::ReferenceError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem operation failed; `path` is the file it was about.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done ("open", "write", "rename", …).
         op: &'static str,
@@ -19,7 +19,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading an input stream (a tar, a decompressor) failed.
-    #[error("reading {what}: {source}")]
+    #[error("reading {what}")]
     Read {
         /// What was being read ("layer tar", "gzip stream", …).
         what: String,
@@ -28,7 +28,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The SQLite index failed.
-    #[error("store index {path}: {source}")]
+    #[error("store index {path}")]
     Db {
         /// The database file.
         path: PathBuf,
@@ -123,6 +123,18 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// The message with every cause appended (`a: b: c`), for reports that keep errors as text.
+    pub fn chain_text(&self) -> String {
+        let mut s = self.to_string();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
     }
 
     pub(crate) fn bad_tar(offset: u64, entry: Option<&str>, reason: impl Into<String>) -> Error {

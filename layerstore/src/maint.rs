@@ -216,7 +216,7 @@ impl Store {
                             Ok(_) => match self.objects().verify(d) {
                                 Ok(true) => None,
                                 Ok(false) => Some("content does not match its digest".into()),
-                                Err(e) => Some(e.to_string()),
+                                Err(e) => Some(e.chain_text()),
                             },
                         };
                         if let Some(m) = problem {
@@ -250,7 +250,7 @@ impl Store {
         for d in query_digests(self, "SELECT diff_id FROM layers")? {
             rep.layers += 1;
             if let Err(e) = self.verify_layer(&d) {
-                err(&mut rep, format!("layer {d}"), e.to_string());
+                err(&mut rep, format!("layer {d}"), e.chain_text());
             }
         }
         // Images: config bytes hash to the ID and list the layers the index links.
@@ -265,7 +265,7 @@ impl Store {
                 );
             }
             match ImageConfig::parse(&img.config) {
-                Err(e) => err(&mut rep, subject, e.to_string()),
+                Err(e) => err(&mut rep, subject, e.chain_text()),
                 Ok(cfg) => {
                     let linked = self.image_diff_ids(&img.id)?;
                     if linked != cfg.rootfs.diff_ids {

@@ -360,3 +360,44 @@ fn slow_debian_rootfs_round_trip_and_dedup() {
     assert_eq!(sha256_file(&out), sha256_file(fixture));
     env.fsck_clean();
 }
+
+/// A store on a full filesystem: the import fails with the OS error and the path, and the
+/// store stays consistent and usable once space is back. Needs root (a small tmpfs).
+#[test]
+fn full_disk_import_fails_cleanly() {
+    if !strata::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.root()).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "strata-test-tmpfs"])
+        .arg(env.root())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(env.root());
+    let small = env.write("small.tar", &rootfs_tar(""));
+    env.ok(&["import", small.to_str().unwrap(), "small"]);
+    let big = env.write("big.tar", &many_files_tar(200, 50_000, 9));
+    let err = env.fails(
+        &["import", big.to_str().unwrap(), "big"],
+        "No space left on device",
+    );
+    assert!(
+        err.contains(env.root().to_str().unwrap()),
+        "the error names the path: {err}"
+    );
+    env.fsck_clean();
+    assert_eq!(env.json(&["images"]).as_array().unwrap().len(), 1);
+    // The store still works: the small image exports, and a re-import is a no-op.
+    env.ok(&["import", small.to_str().unwrap(), "small2"]);
+    env.fsck_clean();
+}
