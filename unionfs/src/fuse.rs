@@ -389,12 +389,12 @@ impl Filesystem for FuseAdapter {
     ) {
         self.fs.release(Fh(fh.0));
         let mut b = self.backing.lock();
-        if let Some(ino) = b.by_fh.remove(&fh.0) {
-            if let Some((_, n)) = b.by_ino.get_mut(&ino) {
-                *n -= 1;
-                if *n == 0 {
-                    b.by_ino.remove(&ino);
-                }
+        if let Some(ino) = b.by_fh.remove(&fh.0)
+            && let Some((_, n)) = b.by_ino.get_mut(&ino)
+        {
+            *n -= 1;
+            if *n == 0 {
+                b.by_ino.remove(&ino);
             }
         }
         reply.ok();

@@ -193,10 +193,10 @@ impl ArenaBuilder {
 
     /// The directory at `path`, created (implicitly, 0755 root) with its parents when missing.
     fn ensure_dir(&mut self, path: &str) -> NodeId {
-        if let Some(&id) = self.by_path.get(path) {
-            if matches!(self.nodes[id.0 as usize].payload, Payload::Dir { .. }) {
-                return id;
-            }
+        if let Some(&id) = self.by_path.get(path)
+            && matches!(self.nodes[id.0 as usize].payload, Payload::Dir { .. })
+        {
+            return id;
         }
         let (parent, name) = Self::split(path);
         let parent_id = self.ensure_dir(parent);
@@ -247,11 +247,11 @@ impl ArenaBuilder {
                 }
             }
             Payload::Dir { .. } => {
-                if let Some(id) = existing {
-                    if let Payload::Dir { .. } = self.nodes[id.0 as usize].payload {
-                        self.set_meta(id, meta);
-                        return;
-                    }
+                if let Some(id) = existing
+                    && let Payload::Dir { .. } = self.nodes[id.0 as usize].payload
+                {
+                    self.set_meta(id, meta);
+                    return;
                 }
                 let id = self.ensure_dir_fresh(path);
                 self.set_meta(id, meta);

@@ -329,10 +329,10 @@ impl MountedUnion {
 #[cfg(feature = "test-util")]
 impl Drop for MountedUnion {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            if s.unmount().is_err() {
-                self.force_unmount();
-            }
+        if let Some(s) = self.session.take()
+            && s.unmount().is_err()
+        {
+            self.force_unmount();
         }
         self.force_unmount();
         drop(self.dir.take());

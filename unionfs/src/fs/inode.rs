@@ -160,18 +160,18 @@ impl InodeTable {
             }
             return ino;
         }
-        if let Some(ino) = origin.as_ref().and_then(|o| self.origins.get(o).copied()) {
-            if let Some(n) = self.nodes.get_mut(&ino) {
-                if n.unlinked {
-                    n.parent = parent;
-                    n.name = name.to_owned();
-                    n.unlinked = false;
-                } else if !(n.parent == parent && n.name == name) {
-                    n.aliases.push((parent, name.to_owned()));
-                }
-                self.children.insert((parent, name.to_owned()), ino);
-                return ino;
+        if let Some(ino) = origin.as_ref().and_then(|o| self.origins.get(o).copied())
+            && let Some(n) = self.nodes.get_mut(&ino)
+        {
+            if n.unlinked {
+                n.parent = parent;
+                n.name = name.to_owned();
+                n.unlinked = false;
+            } else if !(n.parent == parent && n.name == name) {
+                n.aliases.push((parent, name.to_owned()));
             }
+            self.children.insert((parent, name.to_owned()), ino);
+            return ino;
         }
         let ino = Ino(self.next);
         self.next += 1;

@@ -212,12 +212,11 @@ impl UnionFs {
             })
             .collect();
         root.upper = upper.is_some();
-        if let Some(u) = &upper {
-            if let Ok(Some(v)) = xattr::get(&u.dir, OPAQUE_TRUSTED) {
-                if v == b"y" {
-                    root.lower.clear();
-                }
-            }
+        if let Some(u) = &upper
+            && let Ok(Some(v)) = xattr::get(&u.dir, OPAQUE_TRUSTED)
+            && v == b"y"
+        {
+            root.lower.clear();
         }
         root.lookups = 1;
         Ok(UnionFs {
@@ -374,13 +373,13 @@ impl UnionFs {
     ) -> Result<Resolved> {
         let mut origin = None;
         let mut lower_nlink = None;
-        if kind != EntryKind::Dir {
-            if let Some(r) = lower.first() {
-                let a = self.lower_attr(*r)?;
-                if a.nlink > 1 {
-                    origin = Some(*r);
-                    lower_nlink = Some(a.nlink);
-                }
+        if kind != EntryKind::Dir
+            && let Some(r) = lower.first()
+        {
+            let a = self.lower_attr(*r)?;
+            if a.nlink > 1 {
+                origin = Some(*r);
+                lower_nlink = Some(a.nlink);
             }
         }
         Ok(Resolved {
@@ -433,15 +432,15 @@ impl UnionFs {
             if k == Some(EntryKind::Dir) {
                 r.lower = stack;
             }
-        } else if kind == EntryKind::File {
-            if let Some(origin) = xattr::get(up, METACOPY_XATTR).ok().flatten() {
-                let p = PathBuf::from(OsStr::from_bytes(&origin));
-                let (stack, k) = self.lower_at(&p)?;
-                if k == Some(EntryKind::File) {
-                    r.metacopy = true;
-                    r.lower = stack;
-                    r.lower_path = p;
-                }
+        } else if kind == EntryKind::File
+            && let Some(origin) = xattr::get(up, METACOPY_XATTR).ok().flatten()
+        {
+            let p = PathBuf::from(OsStr::from_bytes(&origin));
+            let (stack, k) = self.lower_at(&p)?;
+            if k == Some(EntryKind::File) {
+                r.metacopy = true;
+                r.lower = stack;
+                r.lower_path = p;
             }
         }
         Ok(r)
@@ -556,12 +555,12 @@ impl UnionFs {
                 mtime: time(md.mtime(), md.mtime_nsec()),
                 ctime: time(md.ctime(), md.ctime_nsec()),
             };
-            if s.metacopy {
-                if let Some(r) = s.lower.first() {
-                    let la = self.lower_attr(*r)?;
-                    a.size = la.size;
-                    a.blocks = la.size.div_ceil(512);
-                }
+            if s.metacopy
+                && let Some(r) = s.lower.first()
+            {
+                let la = self.lower_attr(*r)?;
+                a.size = la.size;
+                a.blocks = la.size.div_ceil(512);
             }
             if s.kind == EntryKind::Dir && !s.lower.is_empty() {
                 a.nlink = 1; // merged dir: like overlayfs, "unknown"

@@ -91,13 +91,13 @@ impl UnionFs {
             .map_err(FsError::lower(r.layer))?;
         for (n, v) in xs {
             // Some namespaces (trusted.*, security.*) are root-only: keep what we can.
-            if let Err(e) = xattr::set(path, &n, &v, 0) {
-                if !matches!(
+            if let Err(e) = xattr::set(path, &n, &v, 0)
+                && !matches!(
                     e.raw_os_error(),
                     Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)
-                ) {
-                    return Err(FsError::io("copy xattr", path)(e));
-                }
+                )
+            {
+                return Err(FsError::io("copy xattr", path)(e));
             }
         }
         if self.euid_root {
@@ -561,12 +561,13 @@ impl UnionFs {
         std::fs::hard_link(&src, &path).map_err(FsError::io("link", &path))?;
         {
             let mut t = self.table.write();
-            if let Some(n) = t.get_mut(ino) {
-                if n.nlink.is_none() && !n.lower.is_empty() {
-                    // First extra name of a lower file: from now on the union counts.
-                    let count = n.aliases.len() as u32 + 1;
-                    n.nlink = Some(count);
-                }
+            if let Some(n) = t.get_mut(ino)
+                && n.nlink.is_none()
+                && !n.lower.is_empty()
+            {
+                // First extra name of a lower file: from now on the union counts.
+                let count = n.aliases.len() as u32 + 1;
+                n.nlink = Some(count);
             }
             t.add_alias(ino, new_parent, new_name);
             if let Some(n) = t.get_mut(ino) {
@@ -717,10 +718,11 @@ impl UnionFs {
                 u.set_opaque(&from)?;
             }
         }
-        if let Some(d) = dst {
-            if self.state(d)?.kind == EntryKind::Dir && to.symlink_metadata().is_ok() {
-                u.empty_dir(&nrel.join(new_name))?;
-            }
+        if let Some(d) = dst
+            && self.state(d)?.kind == EntryKind::Dir
+            && to.symlink_metadata().is_ok()
+        {
+            u.empty_dir(&nrel.join(new_name))?;
         }
         u.clear_whiteout(&nrel, new_name)?;
         std::fs::rename(&from, &to).map_err(FsError::io("rename", &to))?;
@@ -780,11 +782,11 @@ impl UnionFs {
                 std::os::unix::fs::lchown(&path, set.uid, set.gid)
                     .map_err(FsError::io("chown", &path))?;
             }
-            if let Some(mode) = set.mode {
-                if s.kind != EntryKind::Symlink {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
-                        .map_err(FsError::io("chmod", &path))?;
-                }
+            if let Some(mode) = set.mode
+                && s.kind != EntryKind::Symlink
+            {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(FsError::io("chmod", &path))?;
             }
             if set.atime.is_some() || set.mtime.is_some() {
                 set_times_nofollow(&path, ts(set.atime), ts(set.mtime))?;
