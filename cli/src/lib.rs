@@ -13,6 +13,7 @@ pub mod change;
 pub mod commands;
 pub mod output;
 pub mod progress;
+pub mod union;
 
 /// strata: container images without a daemon and without root.
 #[derive(Debug, Parser)]
@@ -68,6 +69,13 @@ pub enum Command {
     Df(commands::df::Args),
     /// Verify every object, layer and image in the store.
     Fsck(commands::fsck::Args),
+    /// Mount an image read-only (or plain directories with --lower).
+    Mount(commands::mount::Args),
+    /// Unmount a strata mount.
+    Umount(commands::mount::UmountArgs),
+    /// Work with containers (writable layers over images).
+    #[command(subcommand)]
+    Container(commands::container::Command),
 }
 
 /// Global settings every command gets.
@@ -148,6 +156,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc(a) => commands::gc::run(&g, a),
         Command::Df(a) => commands::df::run(&g, a),
         Command::Fsck(a) => commands::fsck::run(&g, a),
+        Command::Mount(a) => commands::mount::run(&g, a),
+        Command::Umount(a) => commands::mount::run_umount(&g, a),
+        Command::Container(c) => commands::container::run(&g, c),
     }
 }
 

@@ -87,6 +87,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX tags_image ON tags(image);
     "#,
+    // 2: containers: a writable upper dir over an image.
+    r#"
+    CREATE TABLE containers (
+        id      BLOB PRIMARY KEY,         -- 32 random bytes; its hex names the directory
+        name    TEXT NOT NULL UNIQUE,
+        image   BLOB NOT NULL REFERENCES images(id),
+        created TEXT NOT NULL,
+        config  BLOB                      -- run settings as JSON, owned by the runner
+    ) WITHOUT ROWID;
+    CREATE INDEX containers_image ON containers(image);
+    "#,
 ];
 
 /// Newest schema version this build knows.

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! <root>/store.db                  SQLite index (WAL): objects, layers, layer_entries,
-//!                                  entry_xattrs, images, image_layers, tags
+//!                                  entry_xattrs, images, image_layers, tags, containers
 //! <root>/objects/sha256/ab/<hex>   one file's content, named by its sha256; read-only
 //! <root>/tmp/                      staging for new objects; garbage after a crash
+//! <root>/containers/<id>/          upper/ and work/ of a container's union mount
+//! <root>/run/                      state of live mounts (owned by the CLI)
 //! <root>/lock                      flock: writers shared, gc exclusive
 //! ```
 //!
@@ -28,6 +30,7 @@
 //! lock file shared while they run; `gc` holds it exclusively, so it never deletes an object
 //! that an import in progress has found and is about to reference.
 
+pub mod container;
 pub mod digest;
 pub mod error;
 pub mod image;
@@ -40,6 +43,7 @@ mod db;
 mod objects;
 mod store;
 
+pub use container::ContainerRecord;
 pub use digest::{Digest, chain_ids};
 pub use error::{Error, Result};
 pub use image::{History, ImageConfig, RunConfig};

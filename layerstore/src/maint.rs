@@ -21,6 +21,8 @@ pub struct GcReport {
     pub bytes: u64,
     /// Leftover temp files from interrupted writes.
     pub tmp_files: u64,
+    /// Container directories without a record (left by an interrupted create or remove).
+    pub container_dirs: u64,
 }
 
 /// A problem `fsck` found.
@@ -128,6 +130,8 @@ impl Store {
         report.objects = doomed.len() as u64;
         let tmp = self.root().join(crate::objects::TMP_DIR);
         report.tmp_files = fs::read_dir(&tmp).map(|r| r.count() as u64).unwrap_or(0);
+        let orphan_dirs = self.orphan_container_dirs()?;
+        report.container_dirs = orphan_dirs.len() as u64;
         if dry_run {
             return Ok(report);
         }
@@ -152,6 +156,7 @@ impl Store {
             }
         }
         self.clean_tmp()?;
+        self.remove_orphan_container_dirs(&orphan_dirs)?;
         Ok(report)
     }
 

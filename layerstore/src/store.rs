@@ -542,6 +542,7 @@ impl Store {
                 |r| r.get(0),
             )
         })?;
+        let users = self.containers_of(&rec.id)?;
         let mut out = Vec::new();
         let untag = |r: &ImageRef, out: &mut Vec<Removal>| -> Result<()> {
             self.with_tx(|tx| tx.execute("DELETE FROM tags WHERE name = ?1", [r.to_string()]))?;
@@ -551,11 +552,18 @@ impl Store {
         match by_name {
             Some(r) => {
                 untag(&r, &mut out)?;
-                if rec.tags.len() > 1 || children > 0 {
+                if rec.tags.len() > 1 || children > 0 || !users.is_empty() {
                     return Ok(out);
                 }
             }
             None => {
+                if !users.is_empty() {
+                    return Err(Error::Conflict(format!(
+                        "conflict: unable to delete {} - image is used by containers {}; remove                          them first ('strata container rm')",
+                        rec.id.short(),
+                        users.join(", ")
+                    )));
+                }
                 if rec.tags.len() > 1 && !force {
                     return Err(Error::Conflict(format!(
                         "conflict: unable to delete {} (must be forced) - image is referenced in \
