@@ -78,10 +78,20 @@ fn errno(op: &str, ino: u64, e: &FsError) -> Errno {
     Errno::from_i32(code)
 }
 
-/// Backing ids for passthrough, one per inode, shared by all its open handles.
+/// How the kernel does I/O on an inode's open files. The kernel requires all opens of an inode
+/// to be passthrough with one backing file, or none of them.
+#[derive(Debug)]
+enum IoMode {
+    /// Through the daemon (page cache); `usize` open handles.
+    Cached(usize),
+    /// Straight to a backing file; `usize` open handles.
+    Passthrough(Arc<BackingId>, usize),
+}
+
+/// Per-inode I/O modes of open files, and which inode each handle belongs to.
 #[derive(Debug, Default)]
 struct Backing {
-    by_ino: HashMap<u64, (Arc<BackingId>, usize)>,
+    by_ino: HashMap<u64, IoMode>,
     by_fh: HashMap<u64, u64>,
 }
 
@@ -296,39 +306,47 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno("open", ino.0, &e)),
         };
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
-        let immutable = read_only && self.fs.is_lower_handle(fh);
-        let cache = if immutable {
+        let cache = if read_only && self.fs.is_lower_handle(fh) {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
         };
-        if self.passthrough && immutable {
-            let mut b = self.backing.lock();
-            let id = match b.by_ino.get_mut(&ino.0) {
-                Some((id, n)) => {
-                    *n += 1;
-                    Some(id.clone())
-                }
-                None => match self.fs.backing_file(fh).map(|f| reply.open_backing(&f)) {
-                    Some(Ok(id)) => {
-                        let id = Arc::new(id);
-                        b.by_ino.insert(ino.0, (id.clone(), 1));
-                        Some(id)
-                    }
+        if !self.passthrough {
+            return reply.opened(FileHandle(fh.0), cache);
+        }
+        let mut b = self.backing.lock();
+        b.by_fh.insert(fh.0, ino.0);
+        let id = match b.by_ino.get_mut(&ino.0) {
+            Some(IoMode::Cached(n)) => {
+                *n += 1;
+                None
+            }
+            Some(IoMode::Passthrough(id, n)) => {
+                *n += 1;
+                Some(id.clone())
+            }
+            None => {
+                let id = match self.fs.backing_file(fh).map(|f| reply.open_backing(&f)) {
+                    Some(Ok(id)) => Some(Arc::new(id)),
                     Some(Err(e)) => {
                         log::debug!("passthrough refused for ino {}: {e}", ino.0);
                         None
                     }
                     None => None,
-                },
-            };
-            if let Some(id) = id {
-                b.by_fh.insert(fh.0, ino.0);
-                drop(b);
-                return reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id);
+                };
+                let mode = match &id {
+                    Some(id) => IoMode::Passthrough(id.clone(), 1),
+                    None => IoMode::Cached(1),
+                };
+                b.by_ino.insert(ino.0, mode);
+                id
             }
+        };
+        drop(b);
+        match id {
+            Some(id) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh.0), cache),
         }
-        reply.opened(FileHandle(fh.0), cache);
     }
 
     fn read(
@@ -390,7 +408,7 @@ impl Filesystem for FuseAdapter {
         self.fs.release(Fh(fh.0));
         let mut b = self.backing.lock();
         if let Some(ino) = b.by_fh.remove(&fh.0)
-            && let Some((_, n)) = b.by_ino.get_mut(&ino)
+            && let Some(IoMode::Cached(n) | IoMode::Passthrough(_, n)) = b.by_ino.get_mut(&ino)
         {
             *n -= 1;
             if *n == 0 {
@@ -540,13 +558,22 @@ impl Filesystem for FuseAdapter {
             .fs
             .create(Ino(parent.0), name, mode, umask, flags, caller(req))
         {
-            Ok((e, fh)) => reply.created(
-                &self.opts.entry_ttl,
-                &file_attr(&e.attr),
-                Generation(0),
-                FileHandle(fh.0),
-                FopenFlags::empty(),
-            ),
+            Ok((e, fh)) => {
+                if self.passthrough {
+                    let mut b = self.backing.lock();
+                    b.by_fh.insert(fh.0, e.attr.ino.0);
+                    match b.by_ino.entry(e.attr.ino.0).or_insert(IoMode::Cached(0)) {
+                        IoMode::Cached(n) | IoMode::Passthrough(_, n) => *n += 1,
+                    }
+                }
+                reply.created(
+                    &self.opts.entry_ttl,
+                    &file_attr(&e.attr),
+                    Generation(0),
+                    FileHandle(fh.0),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno("create", parent.0, &e)),
         }
     }

@@ -781,14 +781,30 @@ impl UnionFs {
     /// Whether an open handle reads an immutable lower file.
     pub fn is_lower_handle(&self, fh: Fh) -> bool {
         self.handle(fh)
-            .is_ok_and(|h| matches!(h.data, HandleData::Lower { file: Some(_), .. }))
+            .is_ok_and(|h| matches!(h.data, HandleData::Lower { .. }))
     }
 
-    /// The file backing an open handle, for FUSE passthrough.
+    /// A file for FUSE passthrough of an open handle: for an upper file, the file reopened
+    /// read-write (so readers and writers of the inode can share it); for a lower file of a
+    /// read-only union, its content file. `None` when the handle must go through the daemon
+    /// (lower files of a writable union can be copied up while open, which would change the
+    /// backing file, and the kernel requires one backing file per inode).
     pub fn backing_file(&self, fh: Fh) -> Option<File> {
         let h = self.handle(fh).ok()?;
         match &h.data {
-            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f.try_clone().ok(),
+            HandleData::Upper(_) => {
+                let s = self.state(h.ino).ok()?;
+                if s.metacopy || s.unlinked {
+                    return None;
+                }
+                let p = self.upper.as_ref()?.path(&self.path_of(h.ino).ok()?);
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(p)
+                    .ok()
+            }
+            HandleData::Lower { file: Some(f), .. } if self.upper.is_none() => f.try_clone().ok(),
             _ => None,
         }
     }
