@@ -1,12 +1,50 @@
 //! strata's union filesystem: a FUSE mount that stacks read-only lower trees under an optional
-//! writable upper directory, with kernel-overlayfs semantics (see `docs/SEMANTICS.md`).
+//! writable upper directory, with kernel-overlayfs semantics (case by case in
+//! `docs/SEMANTICS.md`).
 //!
 //! # Boundary
-//! Lower layers come in through one narrow, read-only trait, [`LowerTree`]; whiteouts and opaque
-//! directories cross it as typed values, never as `.wh.` names. Shipped trees: [`IndexTree`]
-//! (entries handed over by the store as plain data, contents read from its objects), [`DirTree`]
-//! (a plain directory, `lowerdir=`-style) and `testing::MemTree` (feature `test-util`). This crate
-//! never depends on the store or SQLite.
+//! Lower layers come in through one narrow, read-only, object-safe trait, [`LowerTree`];
+//! whiteouts and opaque directories cross it as typed values ([`EntryKind::Whiteout`], the
+//! `opaque` flags), never as `.wh.` names. Shipped trees: [`IndexTree`] (entries handed over by
+//! the store as plain data, contents read from its content objects, so layers are never
+//! extracted), [`DirTree`] (a plain directory, `lowerdir=`-style; the one place here that parses
+//! `.wh.` spellings) and `testing::MemTree` (feature `test-util`). This crate never depends on
+//! the store or SQLite; the CLI resolves an image to its layers, builds the trees and calls
+//! [`spawn`] or [`mount`].
+//!
+//! # Layout
+//! ```text
+//! lower.rs    LowerTree and its value types          index.rs    IndexTree (+ arena for MemTree)
+//! dirtree.rs  DirTree                                testing.rs  MemTree, MountedUnion
+//! fs/         UnionFs: the filesystem, no FUSE types (Result<T, FsError>)
+//!   mod.rs    lookup, getattr, readdir, read, xattrs  write.rs   copy-up and every change
+//!   inode.rs  InodeTable: merged path -> inode         upper.rs   upper dir, whiteouts, data copy
+//! fuse.rs     fuser adapter (the only file with Reply*) mount.rs  UnionConfig, spawn, mount
+//! error.rs    FsError with an exhaustive errno()      sys.rs     the only unsafe (signals)
+//! ```
+//!
+//! # Upper directory on disk
+//! ```text
+//! upper/            changes at their merged paths
+//!   a/file          copied-up or new file; a metadata-only copy-up is an empty file with
+//!                   user.strata.metacopy=<path in the lowers>
+//!   a/gone          whiteout: char device 0/0 (or an empty `.wh.gone` file where mknod fails)
+//!   d/              opaque dir: trusted.overlay.opaque=y (root) or user.overlay.opaque=y
+//!   moved/          renamed lower dir: user.strata.redirect=<path in the lowers>
+//! work/             temp files of copy-ups (strata-tmp-*), emptied at mount
+//! ```
+//!
+//! # Locking
+//! Lock order (see [`fs`]): the namespace lock (shared for adding names and copy-up, exclusive
+//! for unlink/rmdir/rename) → per-inode copy-up locks (a node before its ancestors) → the inode
+//! table (map operations only, never held across I/O) → the handle table. Lookups, `getattr`
+//! and reads take no namespace lock, so they never wait for a copy-up. fuser runs
+//! `n_threads` workers with `clone_fd`.
+//!
+//! # Inode lifetimes
+//! An inode number belongs to a merged path from its first lookup (or listing) for the life of
+//! the mount; copy-up and rename keep it, hard links of a layer share it. `forget` only drops the
+//! kernel's reference count; numbers are never reused within a mount.
 
 pub mod dirtree;
 pub mod error;
@@ -22,6 +60,7 @@ mod xattr;
 
 pub use dirtree::DirTree;
 pub use error::{FsError, Result};
+pub use fs::write::{SetAttr, SetTime};
 pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
 pub use index::{IndexEntry, IndexKind, IndexTree};
 pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};

@@ -158,6 +158,7 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
         config.upper.map(|u| (u.upper, u.work)),
         FsOptions {
             fsync_copy_up: config.options.fsync_copy_up,
+            writeback_cache: config.options.writeback_cache && !config.options.passthrough,
         },
     )?;
     let mut opts = vec![

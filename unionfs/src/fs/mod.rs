@@ -1,7 +1,7 @@
 //! The union filesystem itself, without FUSE: plain methods returning [`Result`].
 //!
 //! # State
-//! An [`InodeTable`] maps inode numbers to merged paths (parent inode + name, so a renamed
+//! An `InodeTable` maps inode numbers to merged paths (parent inode + name, so a renamed
 //! directory carries its subtree along) and remembers, per inode, the lower nodes it merges and
 //! whether an upper copy exists. Lookups refresh that state from disk; the union's own
 //! operations update it.
@@ -139,12 +139,16 @@ struct Handle {
 pub struct FsOptions {
     /// fsync copied-up files and dirs before they are renamed into place (kernel overlayfs does).
     pub fsync_copy_up: bool,
+    /// The kernel writeback cache is on: it positions appends itself and flushes dirty pages
+    /// through any writable handle, so upper files are never opened with `O_APPEND`.
+    pub writeback_cache: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             fsync_copy_up: true,
+            writeback_cache: false,
         }
     }
 }
@@ -171,6 +175,7 @@ pub struct UnionFs {
     next_fh: AtomicU64,
     ns: RwLock<()>,
     euid_root: bool,
+    writeback_cache: bool,
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -227,6 +232,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             ns: RwLock::new(()),
             euid_root: rustix::process::geteuid().is_root(),
+            writeback_cache: options.writeback_cache,
         })
     }
 

@@ -46,6 +46,7 @@ fn fx() -> Fx {
         Some((d.path().join("u"), d.path().join("w"))),
         FsOptions {
             fsync_copy_up: false,
+            ..FsOptions::default()
         },
     )
     .unwrap();

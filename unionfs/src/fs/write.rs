@@ -368,13 +368,25 @@ impl UnionFs {
                 n.lower.clear();
             }
         }
-        let f = OpenOptions::new()
-            .read(acc != libc::O_WRONLY)
-            .write(true)
-            .append(flags & libc::O_APPEND != 0)
-            .truncate(trunc)
-            .custom_flags(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
-            .open(&path)
+        // Read access too when allowed: with the writeback cache the kernel reads pages of
+        // write-only files.
+        let open = |read: bool| {
+            OpenOptions::new()
+                .read(read)
+                .write(true)
+                .append(flags & libc::O_APPEND != 0 && !self.writeback_cache)
+                .truncate(trunc)
+                .custom_flags(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
+                .open(&path)
+        };
+        let f = open(true)
+            .or_else(|e| {
+                if acc == libc::O_WRONLY {
+                    open(false)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(FsError::io("open", &path))?;
         Ok(self.add_handle(ino, HandleData::Upper(f)))
     }
@@ -405,11 +417,10 @@ impl UnionFs {
             return Ok((e, fh));
         }
         let (path, _) = self.prepare_new(parent, name)?;
-        let acc = flags & libc::O_ACCMODE;
         let f = OpenOptions::new()
-            .read(acc != libc::O_WRONLY)
+            .read(true)
             .write(true)
-            .append(flags & libc::O_APPEND != 0)
+            .append(flags & libc::O_APPEND != 0 && !self.writeback_cache)
             .create_new(true)
             .mode(0o600)
             .open(&path)

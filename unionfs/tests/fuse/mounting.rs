@@ -316,3 +316,42 @@ fn passthrough_read_only_union() {
     assert_eq!(fs::read(m.path().join("shadowed")).unwrap(), b"from l1");
     m.unmount().unwrap();
 }
+
+#[test]
+fn rootless_writeback_cache() {
+    if !fuse_available("rootless_writeback_cache") {
+        return;
+    }
+    let s = Scratch::new();
+    standard_layers(&s);
+    let options = MountOptions {
+        writeback_cache: true,
+        ..MountOptions::uncached()
+    };
+    let m = MountedUnion::mount(UnionConfig {
+        lowers: lowers(&s, &["l1", "l2"]),
+        upper: Some(UpperDirs {
+            upper: s.path("upper"),
+            work: s.path("work"),
+        }),
+        options,
+    })
+    .unwrap();
+    let p = m.path().join("etc/passwd");
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(SeekFrom::Start(2)).unwrap();
+        f.write_all(b"XX").unwrap();
+        let mut a = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        a.write_all(b"tail").unwrap();
+    }
+    assert_eq!(fs::read(&p).unwrap(), b"roXX:x:0:0::/root:/bin/sh\ntail");
+    fs::write(m.path().join("new"), b"wb").unwrap();
+    assert_eq!(fs::read(m.path().join("new")).unwrap(), b"wb");
+    m.unmount().unwrap();
+    assert_eq!(
+        fs::read(s.path("upper/etc/passwd")).unwrap(),
+        b"roXX:x:0:0::/root:/bin/sh\ntail"
+    );
+}
