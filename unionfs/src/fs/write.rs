@@ -709,6 +709,11 @@ impl UnionFs {
         }
         let from = u.path(&prel).join(name);
         let to = u.path(&nrel).join(new_name);
+        if ss.kind != EntryKind::Dir && from.symlink_metadata().is_err() {
+            // Another name of a hard-link group was copied up: link this name to that copy.
+            let primary = u.path(&self.path_of(src)?);
+            std::fs::hard_link(&primary, &from).map_err(FsError::io("link", &from))?;
+        }
         if ss.kind == EntryKind::Dir {
             if !ss.lower.is_empty() {
                 xattr::set(

@@ -250,3 +250,118 @@ fn differential_against_kernel_overlayfs() {
     m.unmount().unwrap();
     drop(k);
 }
+
+/// Tiny deterministic PRNG (xorshift64*), so failures replay from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+const FILES: &[&str] = &[
+    "etc/os-release",
+    "etc/passwd",
+    "dir/top",
+    "dir/bottom",
+    "dir/gone",
+    "shadowed",
+    "hl/a",
+    "hl/b",
+    "deep/er/est/leaf",
+    "opq/visible",
+    "opq/hidden",
+    "new1",
+    "dir/new2",
+    "deep/er/new3",
+    "nd1/f",
+];
+const DIRS: &[&str] = &[
+    "dir",
+    "deep",
+    "deep/er",
+    "opq",
+    "etc",
+    "hl",
+    "nd1",
+    "dir/nd2",
+    "deep/er/est",
+];
+const DATA: &[&[u8]] = &[b"", b"a", b"hello world", b"0123456789abcdef"];
+
+fn random_op(r: &mut Rng) -> Op {
+    let d = DATA[(r.next() % DATA.len() as u64) as usize];
+    match r.next() % 12 {
+        0 => Op::Write(r.pick(FILES), d),
+        1 => Op::Append(r.pick(FILES), d),
+        2 => Op::Truncate(r.pick(FILES), r.next() % 8),
+        3 => Op::Chmod(
+            r.pick(FILES),
+            [0o600, 0o755, 0o4711][(r.next() % 3) as usize],
+        ),
+        4 => Op::Unlink(r.pick(FILES)),
+        5 => Op::RmTree(r.pick(DIRS)),
+        6 => Op::Mkdir(r.pick(DIRS)),
+        7 => Op::Rename(r.pick(FILES), r.pick(FILES)),
+        8 => Op::Rename(r.pick(DIRS), r.pick(DIRS)),
+        9 => Op::Link(r.pick(FILES), r.pick(FILES)),
+        10 => Op::Symlink("target", r.pick(FILES)),
+        _ => Op::Chown(r.pick(FILES), 1000, 1000),
+    }
+}
+
+#[test]
+fn differential_random_sequences_against_kernel_overlayfs() {
+    if !fuse_available("differential_random_sequences_against_kernel_overlayfs") {
+        return;
+    }
+    if !rustix_is_root() {
+        if std::env::var("STRATA_REQUIRE_FUSE").as_deref() == Ok("1") {
+            panic!("differential_random_sequences_against_kernel_overlayfs needs root");
+        }
+        eprintln!("skipped: differential_random_sequences_against_kernel_overlayfs: needs root");
+        return;
+    }
+    let seeds: Vec<u64> = match std::env::var("STRATA_DIFF_SEED") {
+        Ok(s) => vec![s.parse().expect("STRATA_DIFF_SEED is a number")],
+        Err(_) => vec![1, 2, 3, 4, 5, 6, 7, 8],
+    };
+    for seed in seeds {
+        let s = Scratch::new();
+        standard_layers(&s);
+        to_kernel_format(&s);
+        s.dir("kupper");
+        let Some(k) = KernelOverlay::mount(&s, &["l1", "l2"], "kupper", "kwork") else {
+            return;
+        };
+        let m = mount_over(&s, &["l1", "l2"], true);
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut done = Vec::new();
+        for i in 0..60 {
+            let op = random_op(&mut r);
+            let a = apply(k.path(), &op);
+            let b = apply(m.path(), &op);
+            done.push(format!("{op:?} -> {a:?}"));
+            assert_eq!(
+                a,
+                b,
+                "seed {seed} op {i} {op:?}: kernel {a:?} vs strata {b:?}\n{}",
+                done.join("\n")
+            );
+            compare(
+                k.path(),
+                m.path(),
+                &format!("seed {seed} after op {i} {op:?}\n{}", done.join("\n")),
+            );
+        }
+        m.unmount().unwrap();
+        drop(k);
+    }
+}
