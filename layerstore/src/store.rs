@@ -551,6 +551,15 @@ impl Store {
         };
         match by_name {
             Some(r) => {
+                if rec.tags.len() == 1 && !users.is_empty() && !force {
+                    return Err(Error::Conflict(format!(
+                        "conflict: unable to remove repository reference {:?} (must force) - \
+                         container {} is using its referenced image {}",
+                        r.familiar(),
+                        users.join(", "),
+                        rec.id.short()
+                    )));
+                }
                 untag(&r, &mut out)?;
                 if rec.tags.len() > 1 || children > 0 || !users.is_empty() {
                     return Ok(out);

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `strata` binary against stores in temp dirs.
 
 mod common;
+mod mount_cli;
 mod store_cli;

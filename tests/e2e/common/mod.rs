@@ -143,10 +143,10 @@ pub fn rootfs_tar(extra: &str) -> Vec<u8> {
         b.append_data(&mut h, d, &[][..]).unwrap();
     }
     let os = format!("PRETTY_NAME=\"strata test\"\n{extra}");
+    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+        .unwrap();
     let mut h = hdr(tar::EntryType::Regular, 0o644, os.len() as u64);
     b.append_data(&mut h, "etc/os-release", os.as_bytes())
-        .unwrap();
-    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
         .unwrap();
     let script = b"#!/bin/sh\necho hello\n";
     let mut h = hdr(tar::EntryType::Regular, 0o755, script.len() as u64);
@@ -178,4 +178,139 @@ pub fn many_files_tar(files: usize, size: usize, seed: u8) -> Vec<u8> {
             .unwrap();
     }
     b.into_inner().unwrap()
+}
+
+/// `strata mount … -f` (or `container mount`) run as a child; waits until the mountpoint's
+/// `st_dev` changes. Drop unmounts (`fusermount3 -u`, then `-u -z`), then kills and reaps the
+/// child, so a failing test still cleans up.
+pub struct StrataMount {
+    child: Option<std::process::Child>,
+    pub mnt: PathBuf,
+}
+
+fn dev_of(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.dev()).unwrap_or(0)
+}
+
+impl StrataMount {
+    pub fn start(env: &TestEnv, args: &[&str], mnt: &Path) -> StrataMount {
+        std::fs::create_dir_all(mnt).unwrap();
+        let before = dev_of(mnt);
+        let child = env
+            .cmd()
+            .args(args)
+            .arg(mnt)
+            .args(["--foreground", "--uncached"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut m = StrataMount {
+            child: Some(child),
+            mnt: mnt.to_owned(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while dev_of(mnt) == before {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let child = m.child.take().unwrap();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "strata {args:?} exited ({st}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mount did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        m
+    }
+
+    /// Unmounts through the CLI and checks the serving process exits by itself.
+    pub fn umount_with_cli(mut self, env: &TestEnv) {
+        env.ok(&["umount", self.mnt.to_str().unwrap()]);
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "mount process exit status {st}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mount process did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let canon = p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap()))
+}
+
+impl Drop for StrataMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .status();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tar built from (path, content) files plus raw extra entries (whiteouts), all mode 0644.
+pub fn files_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in files {
+        if p.ends_with('/') {
+            let mut h = hdr(tar::EntryType::Directory, 0o755, 0);
+            b.append_data(&mut h, p, &[][..]).unwrap();
+        } else {
+            let mut h = hdr(tar::EntryType::Regular, 0o644, data.len() as u64);
+            b.append_data(&mut h, p, *data).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// Puts a multi-layer image into the store through the library (no CLI makes one yet) and
+/// tags it. Layers are given base first.
+pub fn add_layered_image(env: &TestEnv, layers: &[Vec<u8>], name: &str) -> String {
+    let store = layerstore::Store::open(&env.root()).unwrap();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(store.ingest_layer(&l[..], None).unwrap().diff_id);
+    }
+    let mut cfg = layerstore::ImageConfig::new_for_host(diff_ids);
+    cfg.created = Some("2024-01-01T00:00:00Z".into());
+    cfg.history = (0..layers.len())
+        .map(|i| layerstore::History {
+            created_by: Some(format!("layer {i}")),
+            ..Default::default()
+        })
+        .collect();
+    let id = store.add_image(&cfg.to_bytes(), None).unwrap();
+    store
+        .tag(&id, &layerstore::ImageRef::parse(name).unwrap())
+        .unwrap();
+    id.to_string()
 }
