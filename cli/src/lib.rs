@@ -76,6 +76,12 @@ pub enum Command {
     /// Work with containers (writable layers over images).
     #[command(subcommand)]
     Container(commands::container::Command),
+    /// Save images to a tarball (Docker ≥ 25 format, also an OCI layout).
+    Save(commands::save::Args),
+    /// Load images from a tarball (Docker old and new formats, OCI layouts).
+    Load(commands::load::Args),
+    /// Export a container's flattened rootfs as a tar (like `docker export`).
+    Export(commands::export::Args),
 }
 
 /// Global settings every command gets.
@@ -159,6 +165,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mount(a) => commands::mount::run(&g, a),
         Command::Umount(a) => commands::mount::run_umount(&g, a),
         Command::Container(c) => commands::container::run(&g, c),
+        Command::Save(a) => commands::save::run(&g, a),
+        Command::Load(a) => commands::load::run(&g, a),
+        Command::Export(a) => commands::export::run(&g, a),
     }
 }
 

@@ -30,6 +30,7 @@
 //! lock file shared while they run; `gc` holds it exclusively, so it never deletes an object
 //! that an import in progress has found and is about to reference.
 
+pub mod archive;
 pub mod container;
 pub mod digest;
 pub mod error;

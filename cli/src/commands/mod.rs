@@ -2,6 +2,7 @@
 
 pub mod container;
 pub mod df;
+pub mod export;
 pub mod fsck;
 pub mod gc;
 pub mod history;
@@ -9,6 +10,8 @@ pub mod images;
 pub mod import;
 pub mod inspect;
 pub mod layer;
+pub mod load;
 pub mod mount;
 pub mod rmi;
+pub mod save;
 pub mod tag;
