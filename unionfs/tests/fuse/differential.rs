@@ -73,6 +73,7 @@ enum Op {
     Unlink(&'static str),
     RmTree(&'static str),
     Rename(&'static str, &'static str),
+    Rmdir(&'static str),
     Link(&'static str, &'static str),
     Symlink(&'static str, &'static str),
 }
@@ -96,6 +97,7 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
         Op::Unlink(f) => e(fs::remove_file(p(f))),
         Op::RmTree(d) => e(fs::remove_dir_all(p(d))),
         Op::Rename(a, b) => e(fs::rename(p(a), p(b))),
+        Op::Rmdir(d) => e(fs::remove_dir(p(d))),
         Op::Link(a, b) => e(fs::hard_link(p(a), p(b))),
         Op::Symlink(t, l) => e(std::os::unix::fs::symlink(t, p(l))),
     }
@@ -282,6 +284,8 @@ const FILES: &[&str] = &[
     "dir/new2",
     "deep/er/new3",
     "nd1/f",
+    "dir/nd2/g",
+    "deep/er/est/x",
 ];
 const DIRS: &[&str] = &[
     "dir",
@@ -298,7 +302,9 @@ const DATA: &[&[u8]] = &[b"", b"a", b"hello world", b"0123456789abcdef"];
 
 fn random_op(r: &mut Rng) -> Op {
     let d = DATA[(r.next() % DATA.len() as u64) as usize];
-    match r.next() % 12 {
+    match r.next() % 14 {
+        12 => Op::Rmdir(r.pick(DIRS)),
+        13 => Op::Rename(r.pick(FILES), r.pick(DIRS)),
         0 => Op::Write(r.pick(FILES), d),
         1 => Op::Append(r.pick(FILES), d),
         2 => Op::Truncate(r.pick(FILES), r.next() % 8),
@@ -344,7 +350,7 @@ fn differential_random_sequences_against_kernel_overlayfs() {
         let m = mount_over(&s, &["l1", "l2"], true);
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut done = Vec::new();
-        for i in 0..60 {
+        for i in 0..80 {
             let op = random_op(&mut r);
             let a = apply(k.path(), &op);
             let b = apply(m.path(), &op);
