@@ -82,6 +82,10 @@ pub enum Command {
     Load(commands::load::Args),
     /// Export a container's flattened rootfs as a tar (like `docker export`).
     Export(commands::export::Args),
+    /// List the changes in a container's writable layer (A/C/D, like `docker diff`).
+    Diff(commands::diff::Args),
+    /// Commit a container's changes as a new layer and image.
+    Commit(commands::commit::Args),
 }
 
 /// Global settings every command gets.
@@ -168,6 +172,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Save(a) => commands::save::run(&g, a),
         Command::Load(a) => commands::load::run(&g, a),
         Command::Export(a) => commands::export::run(&g, a),
+        Command::Diff(a) => commands::diff::run(&g, a),
+        Command::Commit(a) => commands::commit::run(&g, a),
     }
 }
 

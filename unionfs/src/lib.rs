@@ -46,6 +46,7 @@
 //! the mount; copy-up and rename keep it, hard links of a layer share it. `forget` only drops the
 //! kernel's reference count; numbers are never reused within a mount.
 
+pub mod changes;
 pub mod dirtree;
 pub mod error;
 pub mod fs;

@@ -1,7 +1,9 @@
 //! One module per subcommand: an `Args` struct (its doc comments are the help) and `run`.
 
+pub mod commit;
 pub mod container;
 pub mod df;
+pub mod diff;
 pub mod export;
 pub mod fsck;
 pub mod gc;
