@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -131,6 +131,9 @@ impl FuseAdapter {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // READDIR+LOOKUP in one round trip for `ls -l`/`find` style walks.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         if self.opts.passthrough {
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
                 let _ = config.set_max_stack_depth(2);
@@ -459,6 +462,59 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno("readdir", ino.0, &e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let items = match self.fs.readdir(Fh(fh.0), offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(errno("readdirplus", ino.0, &e)),
+        };
+        for (i, item) in items.iter().enumerate() {
+            let next = offset + i as u64 + 1;
+            let dot = item.name == "." || item.name == "..";
+            // "." and ".." carry no kernel reference; every other entry counts one lookup.
+            let entry = if dot {
+                self.fs.getattr(item.ino, None).map(|attr| Entry {
+                    attr,
+                    immutable: false,
+                })
+            } else {
+                self.fs.lookup(Ino(ino.0), &item.name)
+            };
+            let e = match entry {
+                Ok(e) => e,
+                Err(e) if i == 0 => return reply.error(errno("readdirplus", ino.0, &e)),
+                // Gone since opendir: stop here; the next call starts at this offset.
+                Err(_) => break,
+            };
+            let ttl = if e.immutable {
+                self.opts.lower_ttl
+            } else {
+                self.opts.entry_ttl
+            };
+            let full = reply.add(
+                INodeNo(e.attr.ino.0),
+                next,
+                &item.name,
+                &ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+            );
+            if full {
+                if !dot {
+                    self.fs.forget(e.attr.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(
