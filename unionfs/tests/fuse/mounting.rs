@@ -12,12 +12,14 @@ use unionfs::{
 use crate::common::*;
 
 fn entry(path: &str, kind: IndexKind, mode: u32) -> IndexEntry {
+    // Owned by whoever runs the test, so the rootless run may write too.
+    let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
     IndexEntry {
         path: path.into(),
         kind,
         mode,
-        uid: 0,
-        gid: 0,
+        uid,
+        gid,
         mtime: 1_600_000_000,
         mtime_nsec: 0,
         xattrs: vec![],
