@@ -13,7 +13,10 @@ use crate::common::*;
 
 fn entry(path: &str, kind: IndexKind, mode: u32) -> IndexEntry {
     // Owned by whoever runs the test, so the rootless run may write too.
-    let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
     IndexEntry {
         path: path.into(),
         kind,
