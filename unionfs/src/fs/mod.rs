@@ -10,7 +10,9 @@
 //! 1. `ns` (`RwLock<()>`): taken for writing by operations that remove or move names (`unlink`,
 //!    `rmdir`, `rename`), for reading by everything that adds names or copies up. Lookups, reads
 //!    and `getattr` never take it, so they never wait for a copy-up.
-//! 2. Per-inode copy-up locks (`NodeState::copy_lock`), a node's before its ancestors'.
+//! 2. Per-inode copy-up locks (`NodeState::copy_lock`): a file's before any directory's, a
+//!    directory's before its ancestors'. (Directory copy-up never takes a file's lock, so a file
+//!    copy-up may copy up the parents of all its hard-link names.)
 //! 3. `table` (`RwLock<InodeTable>`): held only for map operations, never across I/O.
 //! 4. `handles` (`Mutex`): held only to insert, find or remove a handle.
 

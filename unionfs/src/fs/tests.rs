@@ -286,3 +286,18 @@ fn link_to_lower_hard_link_counts_every_name() {
         assert_eq!((n, e.ino, e.nlink), (n, a, 3));
     }
 }
+
+#[test]
+fn unlinking_the_copied_up_name_keeps_the_other_hard_link() {
+    let f = fx();
+    let a = lk(&f.fs, ROOT_INO, "a").unwrap().attr.ino;
+    lk(&f.fs, ROOT_INO, "b").unwrap();
+    let fh = f.fs.open(a, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    f.fs.write(fh, 6, b"!").unwrap();
+    f.fs.release(fh);
+    f.fs.unlink(ROOT_INO, OsStr::new("a")).unwrap();
+    let b = lk(&f.fs, ROOT_INO, "b").unwrap().attr;
+    assert_eq!((b.ino, b.nlink), (a, 1));
+    assert_eq!(read_all(&f.fs, b.ino), b"linked!");
+    assert!(f._upper.path().join("u/b").exists());
+}

@@ -260,11 +260,26 @@ impl UnionFs {
         self.apply_lower_meta(r, &la, &tmp)?;
         let dst = u.path(&self.path_of(ino)?);
         std::fs::rename(&tmp, &dst).map_err(FsError::io("rename copied-up file", &dst))?;
-        if let Some(n) = self.table.write().get_mut(ino) {
+        let aliases = {
+            let mut t = self.table.write();
+            let Some(n) = t.get_mut(ino) else {
+                return Ok(());
+            };
             n.upper = true;
             n.metacopy = metacopy;
             if !metacopy {
                 n.lower.clear();
+            }
+            n.aliases.clone()
+        };
+        // The other known names of a lower hard-link group become links of the copy, so any
+        // of them can be the primary name later (dir locks after a file lock: see lock order).
+        for (parent, name) in aliases {
+            if let Ok(prel) = self.ensure_upper_dir(parent) {
+                let p = u.path(&prel).join(&name);
+                if p.symlink_metadata().is_err() {
+                    let _ = std::fs::hard_link(&dst, &p);
+                }
             }
         }
         Ok(())
