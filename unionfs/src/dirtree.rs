@@ -107,6 +107,11 @@ impl DirTree {
         })
     }
 
+    /// The directory this tree reads (e.g. to refuse a mountpoint inside a lower).
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
     fn rel(&self, node: NodeId) -> io::Result<PathBuf> {
         self.nodes
             .read()

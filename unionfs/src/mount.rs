@@ -113,6 +113,21 @@ impl Session {
         self.unmount_inner()
     }
 
+    /// Waits until the mount goes away from outside (`fusermount3 -u`, `umount`), without
+    /// unmounting.
+    ///
+    /// # Errors
+    /// When the session thread failed.
+    pub fn join(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(s) => s.join().map_err(|source| FsError::Mount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn unmount_inner(&mut self) -> Result<()> {
         match self.inner.take() {
             Some(s) => s.umount_and_join().map_err(|source| FsError::Mount {
