@@ -1,6 +1,9 @@
 //! Ingest and export of layer tars: round trips of every entry type, compression, dedup, and
 //! every kind of bad input (each leaves the store fsck-clean).
 
+// Test code: a panic that shows the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 
 use layerstore::{Digest, EntryKind, Error, Store};

@@ -1,5 +1,8 @@
 //! End-to-end tests: the real `strata` binary against stores in temp dirs.
 
+// Test code: a panic that shows the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod archive_cli;
 mod commit_cli;
 mod common;

@@ -32,7 +32,7 @@ pub struct CreateArgs {
     /// Name (default: a generated adjective_noun).
     #[arg(long)]
     pub name: Option<String>,
-    /// The image: name[:tag], ID or ID prefix.
+    /// The image: `name[:tag]`, ID or ID prefix.
     pub image: String,
 }
 

@@ -13,7 +13,7 @@ const CREATED_BY_WIDTH: usize = 45;
 /// Show the history of an image, newest first (Docker's columns and `<missing>` rule).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image: name[:tag], ID or ID prefix.
+    /// The image: `name[:tag]`, ID or ID prefix.
     pub image: String,
     /// Do not truncate output.
     #[arg(long)]

@@ -11,7 +11,7 @@ use crate::output::{InspectJson, print_json};
 /// Show an image's metadata and config as JSON (always JSON, like `docker inspect`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image: name[:tag], ID or ID prefix.
+    /// The image: `name[:tag]`, ID or ID prefix.
     pub image: String,
     /// Print the config exactly as stored (the bytes the image ID is the hash of).
     #[arg(long)]

@@ -12,7 +12,7 @@ use crate::output::print_json;
 /// objects are freed by `strata gc`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images: name[:tag], ID or ID prefix.
+    /// Images: `name[:tag]`, ID or ID prefix.
     #[arg(required = true)]
     pub images: Vec<String>,
     /// Remove an image by ID even when several tags point at it.

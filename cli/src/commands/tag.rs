@@ -11,7 +11,7 @@ use crate::output::print_json;
 /// Create a tag TARGET that refers to the image SOURCE.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image: name[:tag], ID or ID prefix.
+    /// The image: `name[:tag]`, ID or ID prefix.
     pub source: String,
     /// The new name: `[registry/][org/]name[:tag]`.
     pub target: String,

@@ -124,12 +124,22 @@ pub fn sha256_file(p: &Path) -> String {
     String::from_utf8(o.stdout).unwrap()[..64].to_owned()
 }
 
+/// The caller's uid and gid: test images are owned by whoever runs the tests, so the rootless
+/// rerun can write to them through a union mount (a root-owned 0644 file is read-only for an
+/// unprivileged user, in strata as in any filesystem).
+pub fn caller_ids() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata("/proc/self").unwrap();
+    (u64::from(md.uid()), u64::from(md.gid()))
+}
+
 fn hdr(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
+    let (uid, gid) = caller_ids();
     h.set_entry_type(kind);
     h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
+    h.set_uid(uid);
+    h.set_gid(gid);
     h.set_mtime(1_700_000_000);
     h.set_size(size);
     h
