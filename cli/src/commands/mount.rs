@@ -24,8 +24,9 @@ pub struct Args {
     /// whiteouts, as overlayfs and fuse-overlayfs write them).
     #[arg(long, value_name = "DIR[:DIR…]")]
     pub lower: Option<String>,
-    /// Writable upper directory (with `--lower`).
-    #[arg(long, requires = "work", requires = "lower")]
+    /// Writable upper directory: changes go there (with `--work`). Without it the mount is
+    /// read-only.
+    #[arg(long, requires = "work")]
     pub upper: Option<PathBuf>,
     /// Work directory on the same filesystem as the upper (with `--upper`); emptied at mount.
     #[arg(long, requires = "upper")]
