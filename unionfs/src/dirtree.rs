@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
@@ -73,6 +73,8 @@ struct Interner {
     paths: Vec<PathBuf>,
     by_path: HashMap<PathBuf, NodeId>,
     by_inode: HashMap<(u64, u64), NodeId>,
+    /// Opacity of directories, read once (the tree never changes while mounted).
+    opaque: HashMap<NodeId, bool>,
 }
 
 /// A lower tree over a plain directory on disk.
@@ -125,23 +127,35 @@ impl DirTree {
         Ok(self.root.join(self.rel(node)?))
     }
 
-    fn intern(&self, rel: PathBuf, md: &std::fs::Metadata) -> NodeId {
-        let key = (!md.is_dir() && md.nlink() > 1).then(|| (md.dev(), md.ino()));
+    /// The node of `rel`. With metadata of a multiply-linked non-directory, hard links share
+    /// one node; without (a listing, which does not stat), the path decides until a lookup
+    /// supplies the inode.
+    fn intern(&self, rel: PathBuf, md: Option<&std::fs::Metadata>) -> NodeId {
+        let key = md.and_then(|md| (!md.is_dir() && md.nlink() > 1).then(|| (md.dev(), md.ino())));
         {
             let n = self.nodes.read();
-            if let Some(id) = key
-                .and_then(|k| n.by_inode.get(&k))
-                .or_else(|| n.by_path.get(&rel))
-            {
-                return *id;
+            match key {
+                Some(k) => {
+                    if let Some(id) = n.by_inode.get(&k) {
+                        return *id;
+                    }
+                }
+                None => {
+                    if let Some(id) = n.by_path.get(&rel) {
+                        return *id;
+                    }
+                }
             }
         }
         let mut n = self.nodes.write();
-        if let Some(id) = key
-            .and_then(|k| n.by_inode.get(&k))
-            .or_else(|| n.by_path.get(&rel))
-        {
+        if let Some(id) = key.and_then(|k| n.by_inode.get(&k)) {
             return *id;
+        }
+        if let Some(&id) = n.by_path.get(&rel) {
+            if let Some(k) = key {
+                n.by_inode.insert(k, id);
+            }
+            return id;
         }
         let id = NodeId(n.paths.len() as u64);
         n.paths.push(rel.clone());
@@ -152,11 +166,20 @@ impl DirTree {
         id
     }
 
+    fn is_opaque(&self, node: NodeId, abs: &Path) -> bool {
+        if let Some(o) = self.nodes.read().opaque.get(&node) {
+            return *o;
+        }
+        let o = dir_is_opaque(abs);
+        self.nodes.write().opaque.insert(node, o);
+        o
+    }
+
     /// A whiteout entry for `name` in the directory `rel` (its node is the whiteout itself).
-    fn whiteout(&self, rel: &Path, name: &OsStr, md: &std::fs::Metadata) -> DirEntry {
+    fn whiteout(&self, rel: &Path, name: &OsStr) -> DirEntry {
         DirEntry {
             name: name.to_owned(),
-            node: self.intern(rel.join(name), md),
+            node: self.intern(rel.join(name), None),
             kind: EntryKind::Whiteout,
         }
     }
@@ -186,9 +209,9 @@ impl LowerTree for DirTree {
             Ok(md) => {
                 let kind = kind_of(&md);
                 if kind == EntryKind::Whiteout {
-                    return Ok(Some(self.whiteout(&rel, name, &md)));
+                    return Ok(Some(self.whiteout(&rel, name)));
                 }
-                let node = self.intern(rel.join(name), &md);
+                let node = self.intern(rel.join(name), Some(&md));
                 Ok(Some(DirEntry {
                     name: name.to_owned(),
                     node,
@@ -199,7 +222,7 @@ impl LowerTree for DirTree {
                 let mut wh = OsString::from(WHITEOUT_PREFIX);
                 wh.push(name);
                 match dir.join(&wh).symlink_metadata() {
-                    Ok(md) => Ok(Some(self.whiteout(&rel, name, &md))),
+                    Ok(_) => Ok(Some(self.whiteout(&rel, name))),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -221,18 +244,33 @@ impl LowerTree for DirTree {
                 opaque = true;
                 continue;
             }
-            let md = de.path().symlink_metadata()?;
             if let Some(target) = whiteout_target(&name) {
-                whiteouts.push(self.whiteout(&rel, target, &md));
+                whiteouts.push(self.whiteout(&rel, target));
                 continue;
             }
-            let kind = kind_of(&md);
+            // d_type is enough, except for char devices (0/0 is a whiteout).
+            let ft = de.file_type()?;
+            let kind = if ft.is_char_device() {
+                kind_of(&de.path().symlink_metadata()?)
+            } else if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else if ft.is_block_device() {
+                EntryKind::BlockDev
+            } else if ft.is_fifo() {
+                EntryKind::Fifo
+            } else if ft.is_socket() {
+                EntryKind::Socket
+            } else {
+                EntryKind::File
+            };
             let entry = if kind == EntryKind::Whiteout {
-                self.whiteout(&rel, &name, &md)
+                self.whiteout(&rel, &name)
             } else {
                 DirEntry {
                     name: name.clone(),
-                    node: self.intern(rel.join(&name), &md),
+                    node: self.intern(rel.join(&name), None),
                     kind,
                 }
             };
@@ -244,7 +282,7 @@ impl LowerTree for DirTree {
         }
         let mut entries: Vec<DirEntry> = real.into_values().collect();
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        opaque = opaque || dir_is_opaque(&abs);
+        opaque = opaque || self.is_opaque(dir, &abs);
         Ok(DirListing { entries, opaque })
     }
 
@@ -252,7 +290,7 @@ impl LowerTree for DirTree {
         let abs = self.abs(node)?;
         let md = abs.symlink_metadata()?;
         let kind = kind_of(&md);
-        let opaque = kind == EntryKind::Dir && dir_is_opaque(&abs);
+        let opaque = kind == EntryKind::Dir && self.is_opaque(node, &abs);
         Ok(LowerAttr {
             kind,
             mode: md.mode() & 0o7777,

@@ -134,6 +134,9 @@ impl Filesystem for FuseAdapter {
         // READDIR+LOOKUP in one round trip for `ls -l`/`find` style walks.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // The kernel caches ACLs per inode (also their absence, which `ls -l` asks for on
+        // every file) and checks them itself; symlink targets never change behind its back.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_CACHE_SYMLINKS);
         if self.opts.passthrough {
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
                 let _ = config.set_max_stack_depth(2);
@@ -436,8 +439,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Only strata changes the union, and the kernel drops a directory's cached listing when
+        // an entry op goes through it, so listings may stay in the page cache.
+        let flags = if self.opts.lower_ttl.is_zero() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.fs.opendir(Ino(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh.0), flags),
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }
     }

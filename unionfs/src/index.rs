@@ -90,6 +90,8 @@ pub(crate) enum Content {
     /// A content object file on disk.
     Object(PathBuf),
     /// Bytes in memory (test trees).
+    // Only `testing::MemTree` builds these.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     Inline(Arc<[u8]>),
 }
 
@@ -532,6 +534,8 @@ impl IndexTree {
         Ok(IndexTree { arena: b.finish() })
     }
 
+    // Only `testing::MemTree` builds arenas directly.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub(crate) fn from_arena(arena: Arena) -> IndexTree {
         IndexTree { arena }
     }
