@@ -191,3 +191,29 @@ mod tests {
         assert_eq!(ellipsis("abc", 4), "abc");
     }
 }
+
+/// `strata diff`: one per change, sorted by path (Docker's `A`/`C`/`D`).
+#[derive(Debug, Serialize)]
+pub struct DiffJson {
+    /// `A` (added), `C` (changed) or `D` (deleted).
+    pub kind: String,
+    /// Absolute path in the container (`/etc/passwd`).
+    pub path: String,
+}
+
+/// `strata commit`.
+#[derive(Debug, Serialize)]
+pub struct CommitJson {
+    /// The new image's ID.
+    pub id: String,
+    /// The image it extends.
+    pub parent: String,
+    /// The new layer.
+    pub diff_id: String,
+    /// Bytes of the new layer's uncompressed tar.
+    pub size: u64,
+    /// Entries in the new layer.
+    pub entries: u64,
+    /// The tag given, fully qualified.
+    pub tags: Vec<String>,
+}
