@@ -465,6 +465,50 @@ impl UnionFs {
         }
     }
 
+    /// `fallocate(2)` on an open file (mode bits as the syscall takes them).
+    ///
+    /// # Errors
+    /// `BadHandle` for read-only handles; the upper filesystem's error otherwise.
+    pub fn fallocate(&self, fh: Fh, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let h = self.handle(fh)?;
+        match &h.data {
+            HandleData::Upper(f) => {
+                let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+                rustix::fs::fallocate(f, flags, offset, length)
+                    .map_err(|e| FsError::io("fallocate", "<upper file>")(e.into()))
+            }
+            HandleData::Lower { .. } => Err(FsError::BadHandle(fh.0)),
+            HandleData::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    /// `lseek(2)` for `SEEK_DATA`/`SEEK_HOLE` (and the others) on an open file.
+    ///
+    /// # Errors
+    /// `Unsupported` for lower contents kept in memory; the filesystem's error otherwise
+    /// (`ENXIO` past the last data).
+    pub fn lseek(&self, fh: Fh, offset: i64, whence: i32) -> Result<i64> {
+        use rustix::fs::SeekFrom;
+        let h = self.handle(fh)?;
+        let f = match &h.data {
+            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f,
+            HandleData::Lower { file: None, .. } => return Err(FsError::Unsupported("lseek")),
+            HandleData::Dir(_) => return Err(FsError::IsDir),
+        };
+        let off = u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset"))?;
+        let pos = match whence {
+            libc::SEEK_SET => SeekFrom::Start(off),
+            libc::SEEK_CUR => SeekFrom::Current(offset),
+            libc::SEEK_END => SeekFrom::End(offset),
+            libc::SEEK_DATA => SeekFrom::Data(off),
+            libc::SEEK_HOLE => SeekFrom::Hole(off),
+            _ => return Err(FsError::Invalid("lseek whence")),
+        };
+        // The handle's fd is only used for positioned I/O, so moving its offset is harmless.
+        let r = rustix::fs::seek(f, pos).map_err(|e| FsError::io("lseek", "<file>")(e.into()))?;
+        i64::try_from(r).map_err(|_| FsError::Invalid("offset overflow"))
+    }
+
     /// Flushes an open file to disk.
     ///
     /// # Errors

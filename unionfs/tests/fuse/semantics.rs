@@ -307,6 +307,21 @@ fn rootless_read_write_truncate_mmap() {
     let mut buf = Vec::new();
     fs::File::open(&p).unwrap().read_to_end(&mut buf).unwrap();
     assert_eq!(buf, data);
+    // fallocate and SEEK_DATA/SEEK_HOLE on an upper file
+    let sparse = m.path().join("sparse");
+    let f = fs::File::create(&sparse).unwrap();
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 8192).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 8192);
+    f.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"data", 0).unwrap();
+    f.sync_all().unwrap();
+    let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(0)).unwrap();
+    assert!(hole >= 4 && hole < 8 << 20, "hole at {hole}");
+    assert_eq!(
+        rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)).unwrap(),
+        0
+    );
+    drop(f);
     // shared writable mmap of a lower file (python's mmap module; skipped without python3)
     let q = m.path().join("dir/bottom");
     let script = "import mmap,sys\nf=open(sys.argv[1],'r+b')\nm=mmap.mmap(f.fileno(),0)\n\
