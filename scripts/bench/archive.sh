@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Archive benchmark (issue 5, "Performance"): `strata save` and `strata load` next to `skopeo copy`
+# between a docker-archive and an OCI layout of the same image, in one run; prints a Markdown table.
+#
+#   scripts/bench/archive.sh [TAR]
+#
+#   TAR        the rootfs tar imported as the image (default: the Debian bookworm minbase rootfs from
+#              scripts/fixtures/debian-rootfs.sh, /var/cache/strata-ci/debian-bookworm-minbase.tar)
+#   STRATA     strata binary (default: target/release/strata, else target/debug/strata with a warning:
+#              debug sha2/tar code measures the wrong thing; `cargo build --release -p strata`)
+#   BENCH_DIR  where the work dir is made (default /var/tmp); removed at exit
+#   RUNS       timed runs per case (default 3; the table shows the median)
+#
+# Cases (the input is in the page cache for all; each run starts from a fresh destination):
+#   strata save             store → docker-archive tarball (uncompressed, streamed from the store)
+#   strata load (new)       docker-archive → a fresh store
+#   strata load (again)     the same archive into the store that has it (dedup): growth of objects/
+#   skopeo → oci            skopeo copy docker-archive:… oci:DIR:t (skopeo's default: gzip layers)
+#   skopeo → oci (plain)    the same with --dest-decompress (no compression, closest to strata's work)
+#   skopeo → docker-archive skopeo copy oci:DIR:t docker-archive:… (the reverse)
+# No timing is asserted; the script exits 1 when a command fails or the saved archive does not
+# round-trip (save → load → save must be byte-identical).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
+RUNS=${RUNS:-3}
+STRATA=${STRATA:-$ROOT/target/release/strata}
+if [[ ! -x $STRATA ]]; then
+    STRATA=$ROOT/target/debug/strata
+    echo "warning: no release build; using $STRATA (run 'cargo build --release -p strata')" >&2
+fi
+[[ -f $TAR ]] || { echo "error: $TAR missing; build it with scripts/fixtures/debian-rootfs.sh" >&2; exit 1; }
+command -v skopeo >/dev/null || { echo "error: skopeo is not installed (apt-get install skopeo)" >&2; exit 1; }
+
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-archive-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+now() { date +%s.%N; }
+# median of the arguments
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# time_case NAME SETUP_CMD CMD: runs SETUP_CMD (untimed) then CMD, RUNS times; prints the median.
+time_case() {
+    local setup=$1 cmd=$2 times=() t0 t1
+    for _ in $(seq "$RUNS"); do
+        eval "$setup"
+        t0=$(now)
+        eval "$cmd" >/dev/null
+        t1=$(now)
+        times+=("$(echo "$t1 - $t0" | bc -l)")
+    done
+    median "${times[@]}"
+}
+
+S="$STRATA --root $WORK/store -q"
+$S import "$TAR" bench:1 >/dev/null
+$S save -o "$WORK/warm.tar" bench:1   # warm the page cache of the objects
+cat "$TAR" >/dev/null
+BYTES=$(stat -c %s "$WORK/warm.tar")
+MIB=$(echo "$BYTES / 1048576" | bc -l)
+
+t_save=$(time_case "rm -f $WORK/s.tar" "$S save -o $WORK/s.tar bench:1")
+t_load=$(time_case "rm -rf $WORK/l" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")
+# Second load into a store that has the image: object bytes written.
+obj_before=$(du -sb "$WORK/l/objects" | cut -f1)
+t_reload=$(time_case ":" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")
+obj_after=$(du -sb "$WORK/l/objects" | cut -f1)
+growth=$(echo "100 * ($obj_after - $obj_before) / $obj_before" | bc -l)
+# Round trip.
+$STRATA --root "$WORK/l" -q save -o "$WORK/s2.tar" bench:1
+cmp -s "$WORK/s.tar" "$WORK/s2.tar" || { echo "error: save → load → save is not byte-identical" >&2; exit 1; }
+
+t_sk_oci=$(time_case "rm -rf $WORK/oci" "skopeo copy -q docker-archive:$WORK/s.tar oci:$WORK/oci:t")
+t_sk_oci_plain=$(time_case "rm -rf $WORK/ocip" \
+    "skopeo copy -q --dest-decompress docker-archive:$WORK/s.tar oci:$WORK/ocip:t")
+t_sk_da=$(time_case "rm -f $WORK/back.tar" \
+    "skopeo copy -q oci:$WORK/ocip:t docker-archive:$WORK/back.tar:bench:1")
+
+row() { # name seconds
+    printf '| %s | %.2f | %.0f |\n' "$1" "$2" "$(echo "$MIB / $2" | bc -l)"
+}
+echo
+echo "Image: $(basename "$TAR") imported as one layer; archive $(printf '%.0f' "$MIB") MiB; median of $RUNS runs"
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), work dir on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
+echo
+echo "| case | seconds | MiB/s |"
+echo "|---|---:|---:|"
+row "strata save (store → docker-archive)" "$t_save"
+row "strata load (docker-archive → new store)" "$t_load"
+row "strata load again (image already stored)" "$t_reload"
+row "skopeo copy docker-archive → oci (gzip)" "$t_sk_oci"
+row "skopeo copy docker-archive → oci (--dest-decompress)" "$t_sk_oci_plain"
+row "skopeo copy oci → docker-archive" "$t_sk_da"
+echo
+printf 'Ratios: skopeo→oci(plain) / strata save = %.1f×; skopeo→oci(plain) / strata load = %.1f×\n' \
+    "$(echo "$t_sk_oci_plain / $t_save" | bc -l)" "$(echo "$t_sk_oci_plain / $t_load" | bc -l)"
+printf 'Objects written by the second load: %.3f%% of the store'"'"'s object bytes\n' "$growth"
