@@ -360,3 +360,45 @@ fn rootless_writeback_cache() {
         b"roXX:x:0:0::/root:/bin/sh\ntail"
     );
 }
+
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn rootless_mount_unmount_cycles_do_not_leak() {
+    if !fuse_available("rootless_mount_unmount_cycles_do_not_leak") {
+        return;
+    }
+    let s = Scratch::new();
+    standard_layers(&s);
+    // one warm-up cycle, then 100 more; other tests run in parallel threads, so allow slack
+    let m = mount_over(&s, &["l1", "l2"], true);
+    m.unmount().unwrap();
+    let before = open_fds();
+    for i in 0..100 {
+        let m = mount_over(&s, &["l1", "l2"], true);
+        fs::write(m.path().join(format!("f{i}")), b"x").unwrap();
+        assert_eq!(fs::read(m.path().join("shadowed")).unwrap(), b"from l1");
+        m.unmount().unwrap();
+    }
+    let after = open_fds();
+    assert!(
+        after <= before + 16,
+        "fds grew from {before} to {after} over 100 mounts"
+    );
+    let mounted = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounted.contains(&*s.dir.path().to_string_lossy()));
+    assert_eq!(
+        fs::read_dir(s.path("upper"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with('f'))
+            })
+            .count(),
+        100
+    );
+}
