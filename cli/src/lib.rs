@@ -13,6 +13,7 @@ pub mod change;
 pub mod commands;
 pub mod output;
 pub mod progress;
+pub mod runtime;
 pub mod union;
 
 /// strata: container images without a daemon and without root.
@@ -28,8 +29,9 @@ pub struct Cli {
     /// Print less: no progress bars, IDs only where a command supports it.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Print more about what is done (to stderr).
-    #[arg(short, long, global = true)]
+    /// Print more about what is done (to stderr). Give it before the subcommand
+    /// (`strata -v run …`): after it, `-v` is `run`'s volume flag, as in Docker.
+    #[arg(short, long)]
     pub verbose: bool,
     /// The command.
     #[command(subcommand)]
@@ -86,6 +88,14 @@ pub enum Command {
     Diff(commands::diff::Args),
     /// Commit a container's changes as a new layer and image.
     Commit(commands::commit::Args),
+    /// Run a command in a new container (rootless: in a user namespace), through runc or crun.
+    Run(commands::run::Args),
+    /// Run a container's command again.
+    Start(commands::run::StartArgs),
+    /// List containers with their status.
+    Ps(commands::run::PsArgs),
+    /// Remove containers (same as `container rm`).
+    Rm(commands::container::RmArgs),
 }
 
 /// Global settings every command gets.
@@ -174,6 +184,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(a) => commands::export::run(&g, a),
         Command::Diff(a) => commands::diff::run(&g, a),
         Command::Commit(a) => commands::commit::run(&g, a),
+        Command::Run(a) => commands::run::run(&g, a),
+        Command::Start(a) => commands::run::run_start(&g, a),
+        Command::Ps(a) => commands::run::run_ps(&g, a),
+        Command::Rm(a) => commands::container::run(&g, commands::container::Command::Rm(a)),
     }
 }
 

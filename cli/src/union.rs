@@ -282,6 +282,19 @@ impl RunState {
         }
     }
 
+    /// Records the mount now (for mounts made in process).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn write_now(&self) -> Result<()> {
+        self.write()
+    }
+
+    /// Forgets the record.
+    pub fn remove_now(&self) {
+        self.remove();
+    }
+
     fn write(&self) -> Result<()> {
         if let Some(d) = self.file.parent() {
             std::fs::create_dir_all(d)?;

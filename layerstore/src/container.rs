@@ -237,6 +237,31 @@ impl Store {
         }
     }
 
+    /// Stores the container's run settings (JSON owned by the runner).
+    ///
+    /// # Errors
+    /// A damaged index.
+    pub fn set_container_config(&self, c: &ContainerRecord, config: &[u8]) -> Result<()> {
+        let id = hex::decode(&c.id)
+            .map_err(|_| Error::Conflict(format!("bad container id {}", c.id)))?;
+        self.with_tx(|tx| {
+            tx.execute("UPDATE containers SET config = ?1 WHERE id = ?2", params![config, id])
+        })?;
+        Ok(())
+    }
+
+    /// The container's run settings, if any were stored.
+    ///
+    /// # Errors
+    /// A damaged index.
+    pub fn container_config(&self, c: &ContainerRecord) -> Result<Option<Vec<u8>>> {
+        let id = hex::decode(&c.id)
+            .map_err(|_| Error::Conflict(format!("bad container id {}", c.id)))?;
+        self.with_conn(|conn| {
+            conn.query_row("SELECT config FROM containers WHERE id = ?1", [id], |r| r.get(0))
+        })
+    }
+
     /// Names of the containers created from `image`.
     pub(crate) fn containers_of(&self, image: &Digest) -> Result<Vec<String>> {
         self.with_conn(|c| {

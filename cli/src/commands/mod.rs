@@ -15,5 +15,6 @@ pub mod layer;
 pub mod load;
 pub mod mount;
 pub mod rmi;
+pub mod run;
 pub mod save;
 pub mod tag;

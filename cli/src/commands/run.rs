@@ -1,0 +1,350 @@
+//! `strata run`, `strata start`, `strata ps`, `strata rm`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use layerstore::{ContainerRecord, ImageConfig, Store};
+use unionfs::{UnionConfig, UpperDirs};
+
+use crate::Globals;
+use crate::runtime::{
+    Bind, DEFAULT_PATH, IN_USERNS_ENV, RunSettings, exit_number, find_runtime, reexec_in_userns,
+    resolve_user, run_runtime, runtime_spec,
+};
+use crate::union::{RunState, cli_mount_options, image_lowers};
+
+/// Directory of a container's root filesystem mount, inside its store directory.
+const ROOTFS_DIR: &str = "rootfs";
+/// Directory of its OCI runtime bundle.
+const BUNDLE_DIR: &str = "bundle";
+
+/// Run a command in a new container: its rootfs is the image's layers under a fresh writable
+/// layer (a strata union mount), the process runs through an OCI runtime (runc or crun).
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// Keep standard input open (the runtime passes it through).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a TTY.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the container when the command exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Container name (default: a generated one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (`K=V`, or `K` to take it from here); repeatable.
+    #[arg(short, long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory in the container (default: the image's WorkingDir, else /).
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// `user[:group]`, names or numbers (default: the image's User, else root).
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Bind-mount a host path: `HOST:CONTAINER[:ro]`; repeatable.
+    #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volumes: Vec<String>,
+    /// Override the image's entrypoint (`""` clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// OCI runtime binary (default: the first of runc, crun in PATH).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// The image: `name[:tag]`, ID or ID prefix.
+    pub image: String,
+    /// The command and its arguments (default: the image's Cmd).
+    pub command: Vec<String>,
+}
+
+/// Start a stopped container again with the command it was created with.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Attach: run in the foreground and return the command's exit code (the only mode).
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Keep standard input open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Container name or ID.
+    pub container: String,
+}
+
+/// List containers (`-a`: all; strata lists all, running or not).
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (the default; accepted for Docker compatibility).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn image_defaults(
+    cfg: &ImageConfig,
+    a: &Args,
+) -> Result<(Vec<String>, Vec<String>, String, Option<String>)> {
+    let rc = cfg.config.clone().unwrap_or_default();
+    let entrypoint: Vec<String> = match &a.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => rc.entrypoint.clone().unwrap_or_default(),
+    };
+    // Docker: a given entrypoint drops the image's Cmd; given args replace it.
+    let cmd: Vec<String> = if !a.command.is_empty() {
+        a.command.clone()
+    } else if a.entrypoint.is_some() {
+        Vec::new()
+    } else {
+        rc.cmd.clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        bail!(
+            "no command given and the image has neither Entrypoint nor Cmd: give one after the image name"
+        );
+    }
+    let mut env = rc.env.clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    for e in &a.env {
+        let kv = if e.contains('=') {
+            e.clone()
+        } else {
+            match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = kv.split('=').next().unwrap_or_default().to_owned();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    }
+    if a.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_owned());
+    }
+    let cwd = a
+        .workdir
+        .clone()
+        .or(rc.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let user = a.user.clone().or(rc.user.clone()).filter(|u| !u.is_empty());
+    Ok((args, env, cwd, user))
+}
+
+/// Runs `run`.
+///
+/// # Errors
+/// Unknown image, no runtime, mount failures.
+pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if !crate::is_root() && std::env::var_os(IN_USERNS_ENV).is_none() {
+        return reexec_in_userns(&g.root);
+    }
+    let store = g.store()?;
+    let img = store.resolve_image(&a.image)?;
+    let cfg = ImageConfig::parse(&img.config)?;
+    let (args, env, cwd, user) = image_defaults(&cfg, &a)?;
+    let binds = a
+        .volumes
+        .iter()
+        .map(|v| Bind::parse(v))
+        .collect::<Result<Vec<_>>>()?;
+    // Fail before creating anything when no runtime is there.
+    find_runtime(a.runtime.as_deref())?;
+    let c = store.create_container(a.name.as_deref(), &img.id)?;
+    let settings = RunSettings {
+        args,
+        env,
+        cwd,
+        user,
+        tty: a.tty,
+        binds,
+        hostname: c.short_id().to_owned(),
+        runtime: a.runtime.clone(),
+        last_exit: None,
+    };
+    store.set_container_config(&c, &serde_json::to_vec(&settings)?)?;
+    let code = start_container(g, &store, &c, settings);
+    if a.rm {
+        store
+            .remove_container(&c)
+            .with_context(|| format!("removing container {}", c.name))?;
+    }
+    code
+}
+
+/// Mounts the container, runs its command through the runtime, unmounts.
+fn start_container(
+    g: &Globals,
+    store: &Store,
+    c: &ContainerRecord,
+    mut s: RunSettings,
+) -> Result<ExitCode> {
+    if RunState::list(&g.root)
+        .iter()
+        .any(|r| r.container.as_deref() == Some(&c.id))
+    {
+        bail!(
+            "container {} is mounted or running; stop or unmount it first",
+            c.name
+        );
+    }
+    let runtime = find_runtime(s.runtime.as_deref())?;
+    let img = store.resolve_image(&c.image.to_string())?;
+    let lowers = image_lowers(store, &img)?;
+    let rootfs = c.dir.join(ROOTFS_DIR);
+    let bundle = c.dir.join(BUNDLE_DIR);
+    for d in [&rootfs, &bundle] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let in_userns = std::env::var_os(IN_USERNS_ENV).is_some();
+    let mut options = cli_mount_options("strata");
+    // Processes of other users in the container must reach the files too.
+    options.allow_other = true;
+    options.passthrough = options.passthrough && !in_userns;
+    options.writeback_cache = !options.passthrough;
+    let session = unionfs::spawn(
+        UnionConfig {
+            lowers,
+            upper: Some(UpperDirs {
+                upper: c.upper(),
+                work: c.work(),
+            }),
+            options,
+        },
+        &rootfs,
+    )
+    .with_context(|| format!("mounting the rootfs of container {}", c.name))?;
+    let state = RunState::new(&g.root, &rootfs, img.id.to_string(), Some(c.id.clone()));
+    state.write_now()?;
+    let result = (|| -> Result<std::process::ExitStatus> {
+        let ids = resolve_user(&rootfs, s.user.as_deref())?;
+        let spec = runtime_spec(&s, &rootfs, ids, in_userns);
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&spec)?,
+        )
+        .context("writing the runtime bundle")?;
+        let state_dir = g.root.join(layerstore::RUN_DIR).join("runtime");
+        run_runtime(&runtime, &state_dir, &bundle, &c.id[..32], g.verbose)
+    })();
+    state.remove_now();
+    if let Err(e) = session.unmount() {
+        eprintln!("warning: unmounting {}: {e}", rootfs.display());
+    }
+    let status = result?;
+    s.last_exit = Some(exit_number(status));
+    store.set_container_config(c, &serde_json::to_vec(&s)?)?;
+    Ok(crate::runtime::exit_code_of(status))
+}
+
+/// Runs `start`.
+///
+/// # Errors
+/// Unknown container, one never run.
+pub fn run_start(g: &Globals, a: StartArgs) -> Result<ExitCode> {
+    if !crate::is_root() && std::env::var_os(IN_USERNS_ENV).is_none() {
+        return reexec_in_userns(&g.root);
+    }
+    let store = g.store()?;
+    let c = store.resolve_container(&a.container)?;
+    let Some(bytes) = store.container_config(&c)? else {
+        bail!(
+            "container {} was created without a command ('strata container create'); use 'strata run'",
+            c.name
+        );
+    };
+    let s: RunSettings = serde_json::from_slice(&bytes).context("the container's run settings")?;
+    start_container(g, &store, &c, s)
+}
+
+#[derive(serde::Serialize)]
+struct PsJson {
+    id: String,
+    name: String,
+    image: String,
+    command: String,
+    created: String,
+    status: String,
+}
+
+/// Runs `ps`.
+///
+/// # Errors
+/// Store errors.
+pub fn run_ps(g: &Globals, a: PsArgs) -> Result<ExitCode> {
+    let store = g.store()?;
+    let live = RunState::list(&g.root);
+    let mut out = Vec::new();
+    for c in store.containers()? {
+        let s: Option<RunSettings> = store
+            .container_config(&c)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let image = store
+            .resolve_image(&c.image.to_string())
+            .ok()
+            .and_then(|i| i.tags.first().map(|t| t.familiar()))
+            .unwrap_or_else(|| c.image.short());
+        let status = if live.iter().any(|r| r.container.as_deref() == Some(&c.id)) {
+            "Up".to_owned()
+        } else {
+            match s.as_ref().and_then(|s| s.last_exit) {
+                Some(code) => format!("Exited ({code})"),
+                None => "Created".to_owned(),
+            }
+        };
+        out.push(PsJson {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            image,
+            command: s.map(|s| s.args.join(" ")).unwrap_or_default(),
+            created: c.created.clone(),
+            status,
+        });
+    }
+    if g.json() {
+        return crate::output::print_json(&out).map(|()| ExitCode::SUCCESS);
+    }
+    if a.quiet || g.quiet {
+        for p in &out {
+            println!("{}", &p.id[..12]);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = out
+        .iter()
+        .map(|p| {
+            vec![
+                p.id[..12].to_owned(),
+                p.image.clone(),
+                format!("\"{}\"", crate::output::ellipsis(&p.command, 20)),
+                crate::output::time_ago(Some(&p.created)),
+                p.status.clone(),
+                p.name.clone(),
+            ]
+        })
+        .collect();
+    crate::output::print_table(
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ],
+        &rows,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a container's rootfs is mounted while it runs.
+pub fn rootfs_dir(c: &ContainerRecord) -> PathBuf {
+    c.dir.join(ROOTFS_DIR)
+}
