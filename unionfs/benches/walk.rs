@@ -48,12 +48,29 @@ fn walk(fs: &UnionFs, dir: Ino, count: &mut usize) {
     }
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
-    let e = entries(1000, 30);
+    let dirs = std::env::var("WALK_DIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rss0 = rss_kib();
+    let e = entries(dirs, 30);
     let n = e.len();
     let t = Instant::now();
     let tree = IndexTree::from_entries(e).expect("build");
     let build = t.elapsed();
+    let rss_tree = rss_kib();
     let lowers: Vec<Arc<dyn LowerTree>> = vec![Arc::new(tree)];
     let fs = UnionFs::new(lowers, None, FsOptions::default()).expect("union");
     for round in ["cold", "warm"] {
@@ -63,6 +80,10 @@ fn main() {
         println!("walk ({round}): {count} entries in {:?}", t.elapsed());
     }
     println!("IndexTree::from_entries: {n} entries in {build:?}");
+    println!(
+        "RSS: {rss0} KiB at start, {rss_tree} KiB with the tree, {} KiB after the walks",
+        rss_kib()
+    );
     let t = Instant::now();
     for _ in 0..100_000 {
         let _ = fs.lookup(ROOT_INO, OsStr::new("usr"));
