@@ -39,11 +39,17 @@ readonly APT_PACKAGES=(
     gcc         # zstd-sys and libsqlite3-sys (bundled) compile C
     libc6-dev   # headers and crt files for the same
     sudo        # tests may drop to another user with sudo -u
-    util-linux  # runuser, flock, umount (essential; named for minimal images)
+    util-linux  # runuser, flock, umount, unshare, script (essential; named for minimal images)
+    runc        # the OCI runtime strata run uses
+    uidmap      # newuidmap/newgidmap for user namespaces with subordinate ids
+    busybox-static # a static shell and tools: the runnable test image of the run tests
+    fio         # union benchmark workloads (scripts/bench/union.sh)
 )
 readonly FUSE_CONF=/etc/fuse.conf
 
 export STRATA_REQUIRE_FUSE=1
+# Tests that need runc, busybox-static, skopeo or umoci fail instead of skipping.
+export STRATA_REQUIRE_TOOLS=1
 export STRATA_CI_CACHE=$CI_CACHE
 
 FAILED=()
@@ -173,7 +179,7 @@ as_test_user() {
     local path=$WORK_DIR/user/bin:/usr/local/bin:/usr/bin:/bin
     runuser -u "$TEST_USER" -- env -i \
         PATH="$path" HOME="$TEST_USER_HOME" USER="$TEST_USER" LANG=C.UTF-8 TMPDIR=/tmp \
-        CI="${CI:-}" RUST_BACKTRACE=1 STRATA_REQUIRE_FUSE=1 STRATA_CI_CACHE="$CI_CACHE" \
+        CI="${CI:-}" RUST_BACKTRACE=1 STRATA_REQUIRE_FUSE=1 STRATA_REQUIRE_TOOLS=1 STRATA_CI_CACHE="$CI_CACHE" \
         STRATA_DEBIAN_TAR="${STRATA_DEBIAN_TAR:-}" "$@"
 }
 

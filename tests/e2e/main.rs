@@ -7,4 +7,5 @@ mod archive_cli;
 mod commit_cli;
 mod common;
 mod mount_cli;
+mod run_cli;
 mod store_cli;

@@ -324,3 +324,62 @@ pub fn add_layered_image(env: &TestEnv, layers: &[Vec<u8>], name: &str) -> Strin
         .unwrap();
     id.to_string()
 }
+
+/// A runnable image rootfs: Debian's static busybox (package busybox-static) with applet links,
+/// /etc/passwd and /etc/group. `None` when busybox is not installed.
+pub fn busybox_tar() -> Option<Vec<u8>> {
+    let bb = std::fs::read("/bin/busybox").ok()?;
+    let mut b = tar::Builder::new(Vec::new());
+    for d in [
+        "./", "bin/", "etc/", "tmp/", "root/", "proc/", "sys/", "dev/",
+    ] {
+        let mut h = hdr(
+            tar::EntryType::Directory,
+            if d == "tmp/" { 0o1777 } else { 0o755 },
+            0,
+        );
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, d, &[][..]).unwrap();
+    }
+    let mut h = hdr(tar::EntryType::Regular, 0o755, bb.len() as u64);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+    for applet in [
+        "sh", "cat", "echo", "id", "sleep", "ls", "tty", "touch", "env", "pwd", "true", "false",
+        "rm", "mkdir", "mv", "chmod", "hostname", "kill", "trap", "wc",
+    ] {
+        let mut h = hdr(tar::EntryType::Symlink, 0o777, 0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let group = b"root:x:0:\nnogroup:x:65534:\n";
+    for (p, data) in [("etc/passwd", &passwd[..]), ("etc/group", &group[..])] {
+        let mut h = hdr(tar::EntryType::Regular, 0o644, data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, p, data).unwrap();
+    }
+    Some(b.into_inner().unwrap())
+}
+
+/// True when an OCI runtime is installed; prints why a test is skipped otherwise (and fails
+/// when STRATA_REQUIRE_TOOLS is set, as in CI).
+pub fn have_runtime_and_busybox() -> bool {
+    let ok = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/bin/crun"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+        && Path::new("/bin/busybox").exists();
+    if !ok {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "runc and busybox-static are required (scripts/test.sh installs them)"
+        );
+        eprintln!("skipped: needs runc and busybox-static");
+    }
+    ok
+}
