@@ -22,6 +22,8 @@ use serde_json::json;
 pub const IN_USERNS_ENV: &str = "STRATA_IN_USERNS";
 /// Runtimes tried in order when `--runtime` is not given.
 const DEFAULT_RUNTIMES: &[&str] = &["runc", "crun"];
+/// Searched after PATH for the runtime.
+const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 /// Docker's default capability set.
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -123,11 +125,10 @@ pub fn find_runtime(wanted: Option<&str>) -> Result<PathBuf> {
             }
             continue;
         }
-        if let Some(p) = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join(c))
-                .find(|p| p.is_file())
-        }) {
+        // Debian installs runc in /usr/sbin, which a user's PATH usually lacks.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::env::split_paths(&path).chain(SBIN_DIRS.iter().map(PathBuf::from));
+        if let Some(p) = dirs.map(|d| d.join(c)).find(|p| p.is_file()) {
             return Ok(p);
         }
     }
