@@ -13,6 +13,7 @@ pub mod change;
 pub mod commands;
 pub mod output;
 pub mod progress;
+pub mod registry;
 pub mod runtime;
 pub mod union;
 
@@ -96,6 +97,14 @@ pub enum Command {
     Ps(commands::run::PsArgs),
     /// Remove containers (same as `container rm`).
     Rm(commands::container::RmArgs),
+    /// Log in to a registry.
+    Login(commands::login::Args),
+    /// Log out from a registry.
+    Logout(commands::logout::Args),
+    /// Push an image to a registry.
+    Push(commands::push::Args),
+    /// Pull an image from a registry.
+    Pull(commands::pull::Args),
 }
 
 /// Global settings every command gets.
@@ -188,6 +197,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Start(a) => commands::run::run_start(&g, a),
         Command::Ps(a) => commands::run::run_ps(&g, a),
         Command::Rm(a) => commands::container::run(&g, commands::container::Command::Rm(a)),
+        Command::Login(a) => commands::login::run(&g, a),
+        Command::Logout(a) => commands::logout::run(&g, a),
+        Command::Push(a) => commands::push::run(&g, a),
+        Command::Pull(a) => commands::pull::run(&g, a),
     }
 }
 

@@ -98,6 +98,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX containers_image ON containers(image);
     "#,
+    // 3: compressed forms of layers (for push, pull and `save --compress`): a cache keyed by
+    // the compressed digest, regenerated deterministically when its bytes are not kept.
+    r#"
+    CREATE TABLE layer_blobs (
+        digest     BLOB PRIMARY KEY,      -- sha256 of the compressed bytes
+        diff_id    BLOB NOT NULL REFERENCES layers(diff_id) ON DELETE CASCADE,
+        media_type TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        codec      TEXT NOT NULL,         -- gzip, zstd
+        level      INTEGER,               -- null when not made here (pulled)
+        source     TEXT,                  -- registry/repository it came from or went to
+        stored     INTEGER NOT NULL DEFAULT 0  -- 1 when the bytes are kept under blobs/
+    ) WITHOUT ROWID;
+    CREATE INDEX layer_blobs_diff_id ON layer_blobs(diff_id);
+    "#,
 ];
 
 /// Newest schema version this build knows.

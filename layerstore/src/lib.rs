@@ -31,6 +31,7 @@
 //! that an import in progress has found and is about to reference.
 
 pub mod archive;
+pub mod blobs;
 pub mod commit;
 pub mod container;
 pub mod digest;

@@ -7,5 +7,6 @@ mod archive_cli;
 mod commit_cli;
 mod common;
 mod mount_cli;
+mod registry_cli;
 mod run_cli;
 mod store_cli;

@@ -1,0 +1,19 @@
+//! `strata login` (not implemented yet).
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+use crate::Globals;
+
+/// Not implemented yet.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs `login`.
+///
+/// # Errors
+/// Always, until implemented.
+pub fn run(_g: &Globals, _a: Args) -> Result<ExitCode> {
+    bail!("'strata login' is not implemented yet")
+}
