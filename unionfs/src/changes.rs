@@ -710,3 +710,159 @@ impl Read for LowerReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemTree;
+
+    fn lowers() -> Vec<Arc<dyn LowerTree>> {
+        let top = MemTree::builder()
+            .dir("etc", 0o755)
+            .file("etc/a", b"top a", 0o644)
+            .whiteout("etc/hidden")
+            .build();
+        let bottom = MemTree::builder()
+            .dir("etc", 0o755)
+            .file("etc/hidden", b"h", 0o644)
+            .file("etc/old", b"o", 0o644)
+            .dir("d", 0o755)
+            .file("d/x", b"x", 0o644)
+            .file("d/y", b"y", 0o644)
+            .dir("src", 0o750)
+            .file("src/f", b"f", 0o600)
+            .dir("src/sub", 0o755)
+            .symlink("src/sub/l", "../f")
+            .file("big", &[9u8; 5000], 0o644)
+            .build();
+        vec![top, bottom]
+    }
+
+    fn user_xattrs_work(dir: &Path) -> bool {
+        let p = dir.join("probe");
+        std::fs::write(&p, b"").is_ok()
+            && xattr::set(&p, b"user.strata.probe", b"1", 0).is_ok()
+            && std::fs::remove_file(&p).is_ok()
+    }
+
+    fn listed(changes: &[Change]) -> Vec<String> {
+        docker_diff(changes)
+            .into_iter()
+            .map(|(k, p)| format!("{} /{}", k.letter(), p.display()))
+            .collect()
+    }
+
+    #[test]
+    fn scan_reads_whiteout_files_and_opaque_markers() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path();
+        std::fs::create_dir_all(up.join("etc")).unwrap();
+        std::fs::write(up.join("etc/new"), b"n").unwrap();
+        std::fs::write(up.join("etc/.wh.old"), b"").unwrap();
+        // A whiteout of a name the image already hides is not a deletion.
+        std::fs::write(up.join("etc/.wh.hidden"), b"").unwrap();
+        std::fs::create_dir(up.join("d")).unwrap();
+        std::fs::write(up.join("d/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(up.join("d/y"), b"new y").unwrap();
+        let ch = scan_upper(up, &lowers()).unwrap();
+        assert_eq!(
+            listed(&ch),
+            [
+                "C /d",
+                "D /d/x",
+                "C /d/y",
+                "C /etc",
+                "A /etc/new",
+                "D /etc/old"
+            ]
+        );
+        let d = ch.iter().find(|c| c.path == Path::new("d")).unwrap();
+        assert!(d.entry.as_ref().unwrap().opaque);
+        let x = ch.iter().find(|c| c.path == Path::new("d/x")).unwrap();
+        assert!(x.implied, "hidden by the opaque dir: no whiteout needed");
+        let old = ch.iter().find(|c| c.path == Path::new("etc/old")).unwrap();
+        assert!(!old.implied);
+        let new = ch.iter().find(|c| c.path == Path::new("etc/new")).unwrap();
+        assert_eq!(
+            new.entry.as_ref().unwrap().content,
+            Content::Upper(up.join("etc/new"))
+        );
+    }
+
+    #[test]
+    fn scan_expands_metacopy_and_redirects_from_the_lowers() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path();
+        if !user_xattrs_work(up) {
+            eprintln!("skipped: no user xattrs on {}", up.display());
+            return;
+        }
+        std::fs::write(up.join("big"), b"").unwrap();
+        xattr::set(&up.join("big"), METACOPY_XATTR, b"big", 0).unwrap();
+        std::fs::create_dir(up.join("moved")).unwrap();
+        xattr::set(&up.join("moved"), REDIRECT_XATTR, b"src", 0).unwrap();
+        std::fs::write(up.join("moved/extra"), b"e").unwrap();
+        std::fs::write(up.join(".wh.src"), b"").unwrap();
+        let lw = lowers();
+        let ch = scan_upper(up, &lw).unwrap();
+        assert_eq!(
+            listed(&ch),
+            [
+                "C /big",
+                "A /moved",
+                "A /moved/extra",
+                "A /moved/f",
+                "A /moved/sub",
+                "A /moved/sub/l",
+                "D /src"
+            ]
+        );
+        let big = ch.iter().find(|c| c.path == Path::new("big")).unwrap();
+        let e = big.entry.as_ref().unwrap();
+        assert_eq!(e.size, 5000);
+        let mut r = open_content(&lw, &e.content).unwrap().unwrap();
+        let mut data = Vec::new();
+        r.read_to_end(&mut data).unwrap();
+        assert_eq!(data, vec![9u8; 5000]);
+        let f = ch.iter().find(|c| c.path == Path::new("moved/f")).unwrap();
+        let f = f.entry.as_ref().unwrap();
+        assert!(!f.in_upper);
+        assert_eq!((f.mode, f.size), (0o600, 1));
+        let l = ch
+            .iter()
+            .find(|c| c.path == Path::new("moved/sub/l"))
+            .unwrap();
+        assert_eq!(
+            l.entry.as_ref().unwrap().symlink.as_deref(),
+            Some(OsStr::new("../f"))
+        );
+        let moved = ch.iter().find(|c| c.path == Path::new("moved")).unwrap();
+        let m = moved.entry.as_ref().unwrap();
+        assert_eq!(m.redirect.as_deref(), Some(Path::new("src")));
+        assert!(!m.opaque, "the image has no 'moved': nothing to hide");
+        assert!(m.xattrs.is_empty(), "internal markers are not user xattrs");
+    }
+
+    #[test]
+    fn docker_diff_lists_parents_once_and_never_the_root() {
+        let ch = |p: &str, kind, listed| Change {
+            path: PathBuf::from(p),
+            kind,
+            entry: None,
+            listed,
+            implied: false,
+        };
+        let v = vec![
+            ch("a", ChangeKind::Changed, false),
+            ch("a/b", ChangeKind::Added, true),
+            ch("a/c", ChangeKind::Deleted, true),
+            ch("top", ChangeKind::Added, true),
+            ch("n", ChangeKind::Added, true),
+            ch("n/m", ChangeKind::Added, true),
+        ];
+        assert_eq!(
+            listed(&v),
+            ["C /a", "A /a/b", "D /a/c", "A /n", "A /n/m", "A /top"]
+        );
+    }
+}
