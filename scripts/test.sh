@@ -112,6 +112,8 @@ build_fixtures() {
     chmod 0755 "$CI_CACHE"
     STRATA_DEBIAN_TAR=$("$ROOT/scripts/fixtures/debian-rootfs.sh")
     export STRATA_DEBIAN_TAR
+    # .deb files that container tests install with dpkg (no network inside the container).
+    "$ROOT/scripts/fixtures/debs.sh" >/dev/null
 }
 
 setup_system() {
