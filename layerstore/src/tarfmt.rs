@@ -414,6 +414,27 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
+    /// Reads one byte; `None` at the end of the stream.
+    fn read_byte(&mut self) -> Result<Option<u8>> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.inner.read(&mut b) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {
+                    self.offset += 1;
+                    return Ok(Some(b[0]));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::Read {
+                        what: format!("layer tar at byte {}", self.offset),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
     /// Reads the next entry's headers.
     ///
     /// # Errors
@@ -435,18 +456,7 @@ impl<R: Read> TarReader<R> {
             let header_at = self.offset;
             let mut block = [0u8; BLOCK];
             // A stream that ends cleanly before any header is missing its end-of-archive marker.
-            let mut first = [0u8; 1];
-            let n = loop {
-                match self.inner.read(&mut first) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r,
-                }
-            }
-            .map_err(|e| Error::Read {
-                what: "layer tar".into(),
-                source: e,
-            })?;
-            if n == 0 {
+            let Some(first) = self.read_byte()? else {
                 // No end-of-archive blocks. umoci writes layers like that, and Go's reader (so
                 // Docker) accepts a stream that ends at an entry boundary; the DiffID still
                 // covers every byte, so a cut there is caught wherever a digest is known. An
@@ -460,9 +470,8 @@ impl<R: Read> TarReader<R> {
                     "truncated: the stream ends without the end-of-archive blocks; the file is \
                      incomplete, fetch or copy it again",
                 ));
-            }
-            block[0] = first[0];
-            self.offset += 1;
+            };
+            block[0] = first;
             self.read_exact_at(&mut block[1..], "a header block")?;
             if block.iter().all(|&b| b == 0) {
                 if !raw.is_empty() {
@@ -738,25 +747,13 @@ impl<R: Read> TarReader<R> {
         // A stream that ends right after the last file's content (Go's tar writer without
         // Close, as umoci leaves its layers) has no padding: record that as empty padding, so
         // export writes none, and end the archive there.
-        let mut first = [0u8; 1];
-        let n = loop {
-            match self.inner.read(&mut first) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        }
-        .map_err(|e| Error::Read {
-            what: "layer tar".into(),
-            source: e,
-        })?;
-        if n == 0 {
+        let Some(first) = self.read_byte()? else {
             self.pad = 0;
             self.ended = true;
             return Ok(Some(Vec::new()));
-        }
-        self.offset += 1;
+        };
         let mut pad = vec![0u8; self.pad];
-        pad[0] = first[0];
+        pad[0] = first;
         self.read_exact_at(&mut pad[1..], "the padding after a file")?;
         self.pad = 0;
         Ok(if pad.iter().all(|&b| b == 0) {
