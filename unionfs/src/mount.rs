@@ -129,14 +129,78 @@ impl Session {
     }
 
     fn unmount_inner(&mut self) -> Result<()> {
-        match self.inner.take() {
-            Some(s) => s.umount_and_join().map_err(|source| FsError::Mount {
-                mountpoint: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
+        let Some(bg) = self.inner.take() else {
+            return Ok(());
+        };
+        let mountpoint = self.mountpoint.clone();
+        let err = |source| FsError::Mount {
+            mountpoint: mountpoint.clone(),
+            source,
+        };
+        // Dropping `bg` on failure leaves fuser's own (non-lazy) unmount attempt, then detaches
+        // its thread; the caller decides about stronger means.
+        unmount_path(&self.mountpoint).map_err(err)?;
+        match bg.join() {
+            Ok(()) => Ok(()),
+            // Worker threads of a clone_fd session may see the connection aborted rather than
+            // the device gone: the session ended because of our unmount either way.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::ENODEV)) => Ok(()),
+            Err(e) => Err(err(e)),
         }
     }
+}
+
+/// How often, and how long apart, a busy unmount is retried before it is made lazy.
+const UNMOUNT_RETRIES: u32 = 20;
+const UNMOUNT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Whether `p` is the root of a mount (its device differs from its parent's).
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = p.parent().unwrap_or(p);
+    match (p.symlink_metadata(), parent.symlink_metadata()) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts a FUSE mount: `umount(2)` as root, else `fusermount3 -u`; a mount still busy after
+/// a second is detached lazily (it goes away when its last user does).
+fn unmount_path(mountpoint: &Path) -> std::io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        for _ in 0..UNMOUNT_RETRIES {
+            match rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::BUSY) => std::thread::sleep(UNMOUNT_RETRY_DELAY),
+                // Not (any more) a mount point: unmounted from outside.
+                Err(rustix::io::Errno::INVAL) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(Into::into);
+    }
+    let fusermount = |args: &[&str]| {
+        std::process::Command::new("fusermount3")
+            .args(args)
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for _ in 0..UNMOUNT_RETRIES {
+        if fusermount(&["-u"]) || !is_mount_point(mountpoint) {
+            return Ok(());
+        }
+        std::thread::sleep(UNMOUNT_RETRY_DELAY);
+    }
+    if fusermount(&["-u", "-z"]) {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::ResourceBusy,
+        format!("fusermount3 -u {} failed", mountpoint.display()),
+    ))
 }
 
 impl Drop for Session {

@@ -8,8 +8,10 @@
 //!
 //! # Lock order
 //! 1. `ns` (`RwLock<()>`): taken for writing by operations that remove or move names (`unlink`,
-//!    `rmdir`, `rename`), for reading by everything that adds names or copies up. Lookups, reads
-//!    and `getattr` never take it, so they never wait for a copy-up.
+//!    `rmdir`, `rename`), for reading by everything that adds names or copies up metadata.
+//!    Lookups, reads and `getattr` never take it; the data of a copy-up for `open` is copied
+//!    with only the inode's copy-up lock held (`fill`), so nothing waits for a big copy but
+//!    other openers of that same file.
 //! 2. Per-inode copy-up locks (`NodeState::copy_lock`): a file's before any directory's, a
 //!    directory's before its ancestors'. (Directory copy-up never takes a file's lock, so a file
 //!    copy-up may copy up the parents of all its hard-link names.)

@@ -182,40 +182,8 @@ impl UnionFs {
         let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
         let la = self.lower_attr(r)?;
         if s.upper {
-            // A placeholder gets its data in place; the marker goes last, so a crash midway
-            // leaves a placeholder that still reads from the lower.
-            let path = u.path(&self.path_of(ino)?);
-            let md = path
-                .symlink_metadata()
-                .map_err(FsError::io("stat", &path))?;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(FsError::io("open", &path))?;
-            self.copy_lower_data(r, &f, la.size)?;
-            if u.fsync {
-                f.sync_all().map_err(FsError::io("fsync", &path))?;
-            }
-            drop(f);
-            std::fs::set_permissions(&path, md.permissions())
-                .map_err(FsError::io("chmod", &path))?;
-            {
-                use std::os::unix::fs::MetadataExt;
-                let a = Timespec {
-                    tv_sec: md.atime(),
-                    tv_nsec: md.atime_nsec(),
-                };
-                let m = Timespec {
-                    tv_sec: md.mtime(),
-                    tv_nsec: md.mtime_nsec(),
-                };
-                set_times_nofollow(&path, a, m)?;
-            }
-            xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
-            if let Some(n) = self.table.write().get_mut(ino) {
-                n.metacopy = false;
-            }
-            return Ok(());
+            drop(_g);
+            return self.fill(ino, true);
         }
         self.ensure_upper_dir(s.parent)?;
         let tmp = u.tmp_path();
@@ -281,6 +249,65 @@ impl UnionFs {
                     let _ = std::fs::hard_link(&dst, &p);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Gives a metadata-only placeholder its data, in place (same inode, so its hard links stay
+    /// linked). Works through one fd, so it needs no namespace lock: renames and unlinks of the
+    /// file may go on meanwhile, and readers keep reading the lower until the marker goes. The
+    /// marker is removed last, so a crash midway leaves a placeholder that still reads the lower.
+    ///
+    /// `ns_held`: the caller holds the namespace lock (else `fill` takes it just to open the
+    /// file, and copies with only the inode's copy-up lock held).
+    pub(crate) fn fill(&self, ino: Ino, ns_held: bool) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.state(ino)?.metacopy {
+            return Ok(());
+        }
+        let u = self.upper()?;
+        let (f, path) = {
+            let _ns = (!ns_held).then(|| self.ns.read());
+            let path = u.path(&self.path_of(ino)?);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(FsError::io("open", &path))?;
+            (f, path)
+        };
+        let lock = self.state(ino)?.copy_lock.clone();
+        let _g = lock.lock();
+        let s = self.state(ino)?;
+        if !s.metacopy {
+            return Ok(());
+        }
+        let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        let la = self.lower_attr(r)?;
+        let md = f.metadata().map_err(FsError::io("fstat", &path))?;
+        self.copy_lower_data(r, &f, la.size)?;
+        if u.fsync {
+            f.sync_all().map_err(FsError::io("fsync", &path))?;
+        }
+        // Writing may have cleared setuid/setgid (a writer without CAP_FSETID), and it moved
+        // the times: put back the placeholder's.
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(md.mode() & 0o7777))
+            .map_err(|e| FsError::io("chmod", &path)(e.into()))?;
+        let t = Timestamps {
+            last_access: Timespec {
+                tv_sec: md.atime(),
+                tv_nsec: md.atime_nsec(),
+            },
+            last_modification: Timespec {
+                tv_sec: md.mtime(),
+                tv_nsec: md.mtime_nsec(),
+            },
+        };
+        rustix::fs::futimens(&f, &t).map_err(|e| FsError::io("utimens", &path)(e.into()))?;
+        rustix::fs::fremovexattr(&f, METACOPY_XATTR)
+            .map_err(|e| FsError::io("remove marker", &path)(e.into()))?;
+        if let Some(n) = self.table.write().get_mut(ino) {
+            n.metacopy = false;
+            n.lower.clear();
         }
         Ok(())
     }
@@ -373,9 +400,18 @@ impl UnionFs {
             return Ok(self.add_handle(ino, HandleData::Lower { lower: r, file }));
         }
         let u = self.upper()?;
+        {
+            let _ns = self.ns.read();
+            self.copy_up(ino, false)?;
+        }
+        // The data (maybe gigabytes) is copied without the namespace lock.
+        if !trunc {
+            self.fill(ino, false)?;
+        }
         let _ns = self.ns.read();
-        self.copy_up(ino, !trunc)?;
         let path = u.path(&self.path_of(ino)?);
+        let lock = self.state(ino)?.copy_lock.clone();
+        let _g = lock.lock();
         if trunc && self.state(ino)?.metacopy {
             xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
             if let Some(n) = self.table.write().get_mut(ino) {

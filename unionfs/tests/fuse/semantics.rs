@@ -697,8 +697,12 @@ fn rootless_concurrency() {
                             assert_eq!(fs::read(&p).unwrap(), format!("{i}").as_bytes());
                             fs::metadata(&p).unwrap();
                         }
-                        // writers of other files do not wait for the copy-up either
+                        // writers, renames and unlinks of other files do not wait for the
+                        // data copy either
                         fs::write(root.join(format!("w{t}")), b"w").unwrap();
+                        fs::rename(root.join(format!("w{t}")), root.join(format!("v{t}"))).unwrap();
+                        fs::remove_file(root.join(format!("v{t}"))).unwrap();
+                        fs::metadata(root.join("huge")).unwrap();
                         rounds += 1;
                     }
                 })
