@@ -59,8 +59,11 @@ for size in $SIZES; do
     done
     echo "$size" >"$WORK/mnt/etc/bench-marker"   # a change even for size 0
     $S umount "$WORK/mnt"
-    upper=$(ls -d "$WORK"/store/containers/*/upper | while read -r u; do
-        [[ -e $u/etc/bench-marker && $(cat "$u/etc/bench-marker") == "$size" ]] && echo "$u"; done)
+    upper=""
+    for u in "$WORK"/store/containers/*/upper; do
+        if [[ -e $u/etc/bench-marker && $(cat "$u/etc/bench-marker") == "$size" ]]; then upper=$u; fi
+    done
+    [[ -n $upper ]] || { echo "error: the upper dir of $name is not found" >&2; exit 1; }
     sync
     t0=$(now); lines=$($S diff "$name" | wc -l); t_diff=$(secs "$t0" "$(now)")
     [[ $lines -ge $((size + 2)) ]] || { echo "error: diff of $name lists $lines lines" >&2; exit 1; }

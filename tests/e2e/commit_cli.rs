@@ -335,6 +335,33 @@ fn rootless_commit_of_an_unchanged_container_is_an_empty_layer() {
     // The plain output is the ID, as `docker commit` prints it.
     let id = env.ok(&["commit", "c"]);
     assert!(id.starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    // A commit of a container of a committed image: every local ancestor labels its top row.
+    let mid = j["id"].as_str().unwrap().to_owned();
+    env.ok(&[
+        "container",
+        "create",
+        "--name",
+        "c2",
+        "example.com/org/empty:v1",
+    ]);
+    let top = env.json(&["commit", "-m", "second", "c2", "chained"]);
+    let h = env.json(&["history", "chained"]);
+    let images: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["image"].as_str().unwrap_or("<missing>"))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            top["id"].as_str().unwrap(),
+            mid.as_str(),
+            parent.as_str(),
+            "<missing>"
+        ]
+    );
+    assert_eq!(h[0]["comment"], "second");
 }
 
 #[test]
