@@ -377,6 +377,26 @@ fn rootless_special_files() {
     )
     .unwrap();
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    // devices as root only; char 0/0 is the whiteout spelling and refused
+    let dev = |name: &str, major: u32, minor: u32| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &m.path().join(name),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+    };
+    assert!(dev("wh", 0, 0).is_err());
+    if rustix_is_root() {
+        dev("null", 1, 3).unwrap();
+        let md = fs::symlink_metadata(m.path().join("null")).unwrap();
+        assert!(md.file_type().is_char_device());
+        assert_eq!(md.rdev(), rustix::fs::makedev(1, 3));
+        fs::write(m.path().join("null"), b"into the void").unwrap();
+    } else {
+        assert!(dev("null", 1, 3).is_err(), "devices need CAP_MKNOD");
+    }
     std::os::unix::fs::symlink("/nowhere", m.path().join("sym")).unwrap();
     assert_eq!(
         fs::read_link(m.path().join("sym")).unwrap().to_str(),
