@@ -1,5 +1,5 @@
 //! Mounts plain directories in the foreground, for manual tests and benchmarks:
-//! `mount_dirs LOWER[:LOWER...] MOUNTPOINT [UPPER WORK] [--passthrough] [--ttl0]`.
+//! `mount_dirs LOWER[:LOWER...] MOUNTPOINT [UPPER WORK] [--passthrough] [--writeback] [--ttl0]`.
 //! Unmount with `fusermount3 -u MOUNTPOINT` or SIGTERM.
 
 use std::path::PathBuf;
@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         MountOptions::default()
     };
     options.passthrough = flags.iter().any(|f| *f == "--passthrough");
+    options.writeback_cache = flags.iter().any(|f| *f == "--writeback");
     unionfs::mount(
         UnionConfig {
             lowers,

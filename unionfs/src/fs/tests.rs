@@ -301,3 +301,18 @@ fn unlinking_the_copied_up_name_keeps_the_other_hard_link() {
     assert_eq!(read_all(&f.fs, b.ino), b"linked!");
     assert!(f._upper.path().join("u/b").exists());
 }
+
+#[test]
+fn setattr_after_unlink_never_recreates_the_name() {
+    let f = fx();
+    let d = lk(&f.fs, ROOT_INO, "d").unwrap().attr.ino;
+    let top = lk(&f.fs, d, "top").unwrap().attr.ino;
+    f.fs.unlink(d, OsStr::new("top")).unwrap();
+    let set = SetAttr {
+        mtime: Some(super::write::SetTime::Now),
+        ..Default::default()
+    };
+    let _ = f.fs.setattr(top, set, None);
+    assert!(matches!(lk(&f.fs, d, "top"), Err(FsError::NotFound)));
+    assert!(!names(&f.fs, d).contains(&"top".to_owned()));
+}

@@ -166,6 +166,10 @@ impl UnionFs {
     /// placeholder (its data stays in the lower); with `data == true` its data is copied too.
     pub(crate) fn copy_up(&self, ino: Ino, data: bool) -> Result<()> {
         let s = self.state(ino)?;
+        if s.unlinked {
+            // Copying up would recreate a removed name.
+            return Err(FsError::NotFound);
+        }
         if s.kind == EntryKind::Dir {
             return self.ensure_upper_dir(ino).map(|_| ());
         }
@@ -860,6 +864,12 @@ impl UnionFs {
         let u = self.upper()?;
         let _ns = self.ns.read();
         let s = self.state(ino)?;
+        if s.unlinked {
+            // No name left: only an open upper file can still change (ftruncate/fchmod after
+            // unlink; the writeback cache also flushes times of unlinked files). Never
+            // recreate the old name.
+            return self.setattr_unlinked(ino, set, fh);
+        }
         if let Some(size) = set.size {
             if s.kind == EntryKind::Dir {
                 return Err(FsError::IsDir);
@@ -901,6 +911,36 @@ impl UnionFs {
             }
             if set.atime.is_some() || set.mtime.is_some() {
                 set_times_nofollow(&path, ts(set.atime), ts(set.mtime))?;
+            }
+        }
+        self.getattr(ino, fh)
+    }
+
+    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> Result<Attr> {
+        let h = match fh.map(|f| self.handle(f)) {
+            Some(Ok(h)) if h.ino == ino => h,
+            _ => return self.getattr(ino, fh),
+        };
+        if let HandleData::Upper(f) = &h.data {
+            let io = |op| move |e: rustix::io::Errno| FsError::io(op, "<unlinked file>")(e.into());
+            if let Some(size) = set.size {
+                f.set_len(size)
+                    .map_err(FsError::io("truncate", "<unlinked file>"))?;
+            }
+            if set.uid.is_some() || set.gid.is_some() {
+                let uid = set.uid.map(rustix::fs::Uid::from_raw);
+                let gid = set.gid.map(rustix::fs::Gid::from_raw);
+                rustix::fs::fchown(f, uid, gid).map_err(io("chown"))?;
+            }
+            if let Some(mode) = set.mode {
+                rustix::fs::fchmod(f, Mode::from_raw_mode(mode & 0o7777)).map_err(io("chmod"))?;
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                let t = Timestamps {
+                    last_access: ts(set.atime),
+                    last_modification: ts(set.mtime),
+                };
+                rustix::fs::futimens(f, &t).map_err(io("utimens"))?;
             }
         }
         self.getattr(ino, fh)

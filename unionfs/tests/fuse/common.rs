@@ -121,9 +121,29 @@ pub fn mount_over(s: &Scratch, names: &[&str], writable: bool) -> MountedUnion {
     MountedUnion::mount(UnionConfig {
         lowers: lowers(s, names),
         upper,
-        options: MountOptions::uncached(),
+        options: test_options(),
     })
     .unwrap()
+}
+
+/// Zero TTLs (`STRATA_TEST_CACHED=1`: the production TTLs, to check that strata's own changes
+/// never leave the kernel's caches stale); `STRATA_TEST_WRITEBACK=1` or
+/// `STRATA_TEST_PASSTHROUGH=1` rerun the suite in the modes the CLI uses rootless and as root.
+pub fn test_options() -> MountOptions {
+    let on = |v: &str| std::env::var(v).as_deref() == Ok("1");
+    let base = if on("STRATA_TEST_CACHED") {
+        MountOptions {
+            fsync_copy_up: false,
+            ..MountOptions::default()
+        }
+    } else {
+        MountOptions::uncached()
+    };
+    MountOptions {
+        writeback_cache: on("STRATA_TEST_WRITEBACK"),
+        passthrough: on("STRATA_TEST_PASSTHROUGH"),
+        ..base
+    }
 }
 
 pub fn ls(p: &Path) -> Vec<String> {
