@@ -381,7 +381,7 @@ fn rootless_special_files() {
     let dev = |name: &str, major: u32, minor: u32| {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &m.path().join(name),
+            m.path().join(name),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
