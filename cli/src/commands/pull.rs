@@ -1,19 +1,83 @@
-//! `strata pull` (not implemented yet).
+//! `strata pull IMAGE[:TAG|@DIGEST]`: fetches an image into the store (see `registry::pull`).
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use layerstore::ImageRef;
+use layerstore::archive::Platform;
 
 use crate::Globals;
+use crate::registry::client::Client;
+use crate::registry::pull::{PullOptions, pull};
+use crate::registry::{DEFAULT_JOBS, multi_progress};
 
-/// Not implemented yet.
+use super::push::TlsArgs;
+
+/// Pull an image from a registry.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// `name[:tag]` or `name@sha256:…` (`ubuntu` is docker.io/library/ubuntu:latest).
+    pub image: String,
+    /// Platform to pick from a multi-platform image, `os/arch[/variant]`. Default: the host's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Layers downloaded at once.
+    #[arg(short, long, default_value_t = DEFAULT_JOBS)]
+    pub jobs: usize,
+    /// Do not keep the compressed layer blobs (saves disk; a later push of this image then
+    /// recompresses, which changes the layer digests).
+    #[arg(long)]
+    pub no_keep_blobs: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
 
 /// Runs `pull`.
 ///
 /// # Errors
-/// Always, until implemented.
-pub fn run(_g: &Globals, _a: Args) -> Result<ExitCode> {
-    bail!("'strata pull' is not implemented yet")
+/// Network, auth, verification and store errors.
+pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    let r =
+        ImageRef::parse(&a.image).with_context(|| format!("invalid image name {:?}", a.image))?;
+    let r = if r.digest().is_some() {
+        r
+    } else {
+        r.with_default_tag()
+    };
+    let opts = PullOptions {
+        platform: a.platform.as_deref().map(Platform::parse).transpose()?,
+        jobs: a.jobs.max(1),
+        keep_blobs: !a.no_keep_blobs,
+    };
+    let store = g.store()?;
+    let client = Client::new(r.registry(), &a.tls.options(g)?)?;
+    let show = !g.json() && !g.quiet;
+    if show {
+        println!(
+            "{}: Pulling from {}",
+            r.tag().or(r.digest()).unwrap_or("latest"),
+            r.name()
+        );
+    }
+    let mp = multi_progress(g);
+    let rep = pull(g, &store, &client, &r, &opts, &mp).with_context(|| format!("pulling {r}"))?;
+    if g.json() {
+        crate::output::print_json(&rep)?;
+    } else if g.quiet {
+        println!("{}", rep.image_id);
+    } else {
+        for l in &rep.layers {
+            let short = l.digest.strip_prefix("sha256:").unwrap_or(&l.digest);
+            let short = &short[..short.len().min(12)];
+            if l.status == "already_exists" {
+                println!("{short}: Already exists");
+            } else {
+                println!("{short}: Pull complete");
+            }
+        }
+        println!("Digest: {}", rep.manifest_digest);
+        println!("Image ID: {}", rep.image_id);
+        println!("{}", rep.tagged.as_deref().unwrap_or(&r.to_string()));
+    }
+    Ok(ExitCode::SUCCESS)
 }
