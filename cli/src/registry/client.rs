@@ -218,7 +218,8 @@ impl Client {
                     Ok(()) => http,
                     Err(e2) => {
                         return Err(e2.context(format!(
-                            "cannot reach registry {} over https ({e:#}) nor http",
+                            "cannot reach registry {} over https ({e:#}) nor plain http; for a \
+                             private CA give --ca-file FILE (or --tls-verify=false)",
                             self.registry
                         )));
                     }
@@ -257,8 +258,14 @@ impl Client {
                     {
                         *self.challenge.lock() = Some(auth::parse_challenge(h)?);
                     }
-                    if st == 404 {
-                        bail!("{url} answered 404: not a registry (distribution API v2)");
+                    let is_registry = st == 200
+                        || st == 401
+                        || header(r.headers(), "docker-distribution-api-version").is_some();
+                    if !is_registry {
+                        bail!(
+                            "{url} answered HTTP {st}: not a registry (distribution API v2) \
+                             on this scheme"
+                        );
                     }
                     return Ok(());
                 }
@@ -505,7 +512,7 @@ impl Client {
                 }
             };
             let st = r.status().as_u16();
-            if st == 401 && auth_rounds < 2 {
+            if st == 401 && auth_rounds < 3 {
                 let h = header(r.headers(), "www-authenticate").map(str::to_owned);
                 let prev = self.challenge.lock().clone();
                 if let Some(h) = h {
@@ -516,8 +523,9 @@ impl Client {
                     // We sent nothing, or the challenge changed: answer it.
                     (None, Some(_)) => true,
                     (Some(_), Some(_)) if prev != now => true,
-                    // A cached token was refused: it may have expired; fetch a new one.
-                    (Some((_, true)), Some(Challenge::Bearer { .. })) => {
+                    // A token was refused: it may have expired (or been used up by the
+                    // server); fetch a new one.
+                    (Some(_), Some(Challenge::Bearer { .. })) => {
                         force_new = true;
                         true
                     }

@@ -303,15 +303,14 @@ pub fn push(
                         .and_then(|s| s.strip_prefix(&same_registry))
                         .filter(|r| *r != repo)
                         .map(str::to_owned);
-                    match from {
-                        Some(f) => match ctx.start_upload(&b.digest, Some(&f))? {
+                    if let Some(f) = from {
+                        match ctx.start_upload(&b.digest, Some(&f))? {
                             None => {
                                 rep.status = "mounted";
                                 rep.mounted_from = Some(f);
                             }
                             Some(loc) => session = Some(loc),
-                        },
-                        None => {}
+                        }
                     }
                     Some(b)
                 }
@@ -319,7 +318,7 @@ pub fn push(
             None => None,
         };
         if rep.status == "pushed" {
-            let bar = layer_bar(g, mp, 0, &format!("{}", diff_id.short()));
+            let bar = layer_bar(g, mp, 0, &diff_id.short());
             // The bytes: kept ones, or made (again) here.
             let (file, digest, size, codec) = match &blob {
                 Some(b) if b.stored => match store.open_stored_blob(&b.digest)? {
@@ -380,8 +379,8 @@ pub fn push(
         Ok((rep, b.codec))
     };
 
-    let results: Vec<Mutex<Option<Result<(LayerReport, String)>>>> =
-        (0..diff_ids.len()).map(|_| Mutex::new(None)).collect();
+    type Slot = Mutex<Option<Result<(LayerReport, String)>>>;
+    let results: Vec<Slot> = (0..diff_ids.len()).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.clamp(1, diff_ids.len().max(1)) {
