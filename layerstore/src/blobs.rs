@@ -53,9 +53,10 @@ use crate::store::Store;
 
 /// Directory of kept (pulled) compressed blobs under the store root.
 pub const BLOBS_DIR: &str = "blobs/sha256";
-/// gzip level of blobs made here. 6 is zlib's default: the size registries and Docker users
-/// expect; the parallel block scheme pays for its cost.
-pub const GZIP_LEVEL: u32 = 6;
+/// gzip level of blobs made here. 1: with zlib-rs it deflates several times faster than
+/// level 6 for ~7 % more bytes on a Debian rootfs (99 vs 93 MB), which makes push (compress +
+/// upload) about twice as fast; registries and clients read any level.
+pub const GZIP_LEVEL: u32 = 1;
 /// Input bytes per independently deflated gzip block. Part of the output format: changing it
 /// changes every digest. 1 MiB costs < 0.1 % in ratio against one stream and gives enough
 /// blocks to keep every core busy.

@@ -197,6 +197,102 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Compresses a layer straight into a chunked upload: a thread compresses into
+    /// [`CHUNK`]-sized pieces, this one PATCHes each as it comes; the final PUT names the
+    /// digest, known once the compressor is done. Returns the blob's digest and size.
+    fn stream_upload(
+        &self,
+        store: &Store,
+        diff_id: &Digest,
+        codec: BlobCodec,
+        bar: &ProgressBar,
+    ) -> Result<(Digest, u64)> {
+        let mut loc = self
+            .start_upload(diff_id, None)?
+            .context("internal: upload session expected")?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                let mut w = ChunkWriter {
+                    tx,
+                    buf: Vec::with_capacity(CHUNK as usize),
+                };
+                let r = store.compress_layer(diff_id, codec, &mut w, &mut |_| {});
+                let last = std::mem::take(&mut w.buf);
+                if r.is_ok() && !last.is_empty() {
+                    let _ = w.tx.send(last); // a closed channel: the uploader already failed
+                }
+                r
+            });
+            let octet = ("Content-Type", "application/octet-stream");
+            let mut off = 0u64;
+            let mut failure = None;
+            for chunk in rx.iter() {
+                let len = chunk.len() as u64;
+                let range = format!("{off}-{}", off + len - 1);
+                let r = self.client.request(
+                    "PATCH",
+                    &loc,
+                    &[octet, ("Content-Range", &range)],
+                    Payload::Bytes(&chunk),
+                    &self.scopes,
+                    false,
+                );
+                match r {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        match self.location(&r, "uploading a chunk") {
+                            Ok(l) => loc = l,
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                        off += len;
+                        bar.set_position(off);
+                    }
+                    Ok(r) => {
+                        failure =
+                            Some(self.client.error_of(
+                                r,
+                                &format!("uploading layer {diff_id} to {}", self.repo),
+                            ));
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            let made = producer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the compressor of layer {diff_id} panicked"))?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let (digest, size) = made?;
+            if size != off {
+                bail!("internal: compressed {size} bytes of {diff_id} but uploaded {off}");
+            }
+            let r = self.client.request(
+                "PUT",
+                &with_digest(&loc, &digest),
+                &[],
+                Payload::Empty,
+                &self.scopes,
+                false,
+            )?;
+            if r.status().as_u16() != 201 {
+                return Err(self.client.error_of(
+                    r,
+                    &format!("finishing the upload of {digest} to {}", self.repo),
+                ));
+            }
+            Ok((digest, size))
+        })
+    }
+
     /// Uploads with retries; each attempt starts a new session.
     fn upload_retrying(
         &self,
@@ -225,6 +321,29 @@ impl Ctx<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Cuts a byte stream into [`CHUNK`]-sized pieces for the uploader.
+struct ChunkWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK as usize - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK as usize {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK as usize));
+            self.tx
+                .send(full)
+                .map_err(|_| std::io::Error::other("the upload stopped"))?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -317,6 +436,40 @@ pub fn push(
             }
             None => None,
         };
+        if rep.status == "pushed" && blob.is_none() {
+            // Never compressed before: compress and upload at once (chunks go up while the
+            // next ones are made). Any failure falls back to the spooled path below.
+            let bar = layer_bar(g, mp, 0, &diff_id.short());
+            bar.set_message(format!("{} compressing+pushing", diff_id.short()));
+            match ctx.stream_upload(store, &diff_id, opts.codec, &bar) {
+                Ok((digest, size)) => {
+                    bar.finish_and_clear();
+                    uploaded.fetch_add(size, Ordering::Relaxed);
+                    store.record_layer_blob(&LayerBlob {
+                        digest,
+                        diff_id,
+                        media_type: opts.codec.oci_media_type().to_owned(),
+                        size,
+                        codec: opts.codec.name().to_owned(),
+                        level: Some(opts.codec.level()),
+                        source: Some(here.clone()),
+                        stored: false,
+                    })?;
+                    rep.digest = digest.to_string();
+                    rep.size = size;
+                    return Ok((rep, opts.codec.name().to_owned()));
+                }
+                Err(e) if !is_auth_error(&e) => {
+                    bar.finish_and_clear();
+                    if g.verbose {
+                        eprintln!(
+                            "registry: streamed upload of {diff_id} failed ({e:#}); retrying"
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if rep.status == "pushed" {
             let bar = layer_bar(g, mp, 0, &diff_id.short());
             // The bytes: kept ones, or made (again) here.
