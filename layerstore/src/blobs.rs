@@ -73,6 +73,34 @@ const DEFLATE_FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 /// Copy buffer.
 const COPY_BUF: usize = 1 << 20;
+/// Decompressed buffers in flight between the decoder thread and the ingest of a pull.
+const PIPE_DEPTH: usize = 8;
+
+/// The reading end of the decoder thread's pipe.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the decoder finished
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -638,7 +666,7 @@ impl Store {
     /// Digest, size or DiffID mismatch, a bad tar, I/O.
     pub fn pull_layer(
         &self,
-        input: impl Read,
+        input: impl Read + Send,
         expected: &ExpectedBlob,
         diff_id: &Digest,
         source: &str,
@@ -668,15 +696,57 @@ impl Store {
             expected: expected.clone(),
             copy,
         };
-        let result = (|| -> Result<LayerInfo> {
-            let info = self.ingest_layer(&mut tee, Some(diff_id))?;
-            // The decoder normally reads to the end; make sure the check at EOF ran.
-            io::copy(&mut tee, &mut io::sink()).map_err(|e| Error::Read {
-                what: format!("blob {}", expected.digest),
-                source: e,
-            })?;
-            Ok(info)
-        })();
+        // Decompression runs in its own thread, ingest (hashing, objects) in this one. The
+        // decoder reads the blob to its end, where the tee checks digest and size, before it
+        // signals the end of the tar: a bad blob fails the ingest before anything commits.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
+        let (result, mut tee) = std::thread::scope(|s| {
+            let decoder = s.spawn(move || {
+                let run = |tee: &mut VerifyingTee<_>| -> io::Result<()> {
+                    let (mut dec, _) = crate::layer::decompress(&mut *tee)
+                        .map_err(|e| io::Error::other(e.chain_text()))?;
+                    loop {
+                        let mut buf = vec![0u8; COPY_BUF];
+                        let n = dec.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            return Ok(()); // ingest stopped; its error is reported
+                        }
+                    }
+                    drop(dec);
+                    // The decoder normally reads to the end; make sure the check at EOF ran.
+                    io::copy(tee, &mut io::sink())?;
+                    Ok(())
+                };
+                if let Err(e) = run(&mut tee) {
+                    let _ = tx.send(Err(e));
+                }
+                tee
+            });
+            let result = self.ingest_layer(
+                ChannelReader {
+                    rx,
+                    cur: Vec::new(),
+                    pos: 0,
+                },
+                Some(diff_id),
+            );
+            let tee = decoder.join();
+            (result, tee)
+        });
+        let result = match (&mut tee, result) {
+            (Ok(_), r) => r,
+            (Err(_), _) => Err(Error::Conflict(format!(
+                "internal: the decoder of blob {} panicked",
+                expected.digest
+            ))),
+        };
+        let Ok(tee) = &mut tee else {
+            return result;
+        };
         let copy = tee.copy.take();
         let info = match result {
             Ok(i) => i,
