@@ -275,20 +275,21 @@ pub fn runtime_spec(
 pub fn reexec_in_userns(store_root: &Path) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the strata binary")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let status = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-        ])
-        .arg(exe)
-        .args(args)
-        .env(IN_USERNS_ENV, "1")
-        .env("STRATA_ROOT", store_root)
-        .status()
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+    ])
+    .arg(exe)
+    .args(args)
+    .env(IN_USERNS_ENV, "1")
+    .env("STRATA_ROOT", store_root);
+    // Signals sent to this process (the one the caller knows) must reach the one inside.
+    let status = run_forwarding_signals(&mut cmd)
         .context("running unshare (util-linux) to enter a user namespace")?;
     Ok(exit_code_of(status))
 }
@@ -310,7 +311,38 @@ pub fn exit_number(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Runs `runtime run` in the foreground, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
+/// Runs `cmd` to its end, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it (strata itself
+/// stays alive to clean up: unmount, remove `--rm` containers).
+///
+/// # Errors
+/// The command cannot be started.
+pub fn run_forwarding_signals(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ])
+    .context("installing signal handlers")?;
+    let handle = signals.handle();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if let (Some(pid), Some(sig)) = (pid, rustix::process::Signal::from_named_raw(sig)) {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+        }
+    });
+    let status = child.wait().context("waiting for the child process")?;
+    handle.close();
+    let _ = forwarder.join();
+    Ok(status)
+}
+
+/// Runs `runtime run` in the foreground, forwarding signals to it.
 ///
 /// # Errors
 /// The runtime cannot be started.
@@ -333,28 +365,5 @@ pub fn run_runtime(
     if verbose {
         eprintln!("strata: {cmd:?}");
     }
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGQUIT,
-    ])
-    .context("installing signal handlers")?;
-    let handle = signals.handle();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", runtime.display()))?;
-    let pid = rustix::process::Pid::from_raw(child.id() as i32);
-    let forwarder = std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if let (Some(pid), Some(sig)) = (pid, rustix::process::Signal::from_named_raw(sig)) {
-                let _ = rustix::process::kill_process(pid, sig);
-            }
-        }
-    });
-    let mut child = child;
-    let status = child.wait().context("waiting for the runtime")?;
-    handle.close();
-    let _ = forwarder.join();
-    Ok(status)
+    run_forwarding_signals(&mut cmd)
 }

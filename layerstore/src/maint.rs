@@ -23,6 +23,10 @@ pub struct GcReport {
     pub tmp_files: u64,
     /// Container directories without a record (left by an interrupted create or remove).
     pub container_dirs: u64,
+    /// Kept compressed blobs no layer needs any more.
+    pub blobs: u64,
+    /// Bytes those blobs take.
+    pub blob_bytes: u64,
 }
 
 /// A problem `fsck` found.
@@ -133,6 +137,9 @@ impl Store {
         let orphan_dirs = self.orphan_container_dirs()?;
         report.container_dirs = orphan_dirs.len() as u64;
         if dry_run {
+            let (n, bytes) = self.gc_blobs(true)?;
+            report.blobs = n;
+            report.blob_bytes = bytes;
             return Ok(report);
         }
         // Index first, files after: a crash in between leaves only unreferenced files.
@@ -157,6 +164,9 @@ impl Store {
         }
         self.clean_tmp()?;
         self.remove_orphan_container_dirs(&orphan_dirs)?;
+        let (n, bytes) = self.gc_blobs(false)?;
+        report.blobs = n;
+        report.blob_bytes = bytes;
         Ok(report)
     }
 

@@ -9,4 +9,5 @@ mod common;
 mod mount_cli;
 mod registry_cli;
 mod run_cli;
+mod seed_cli;
 mod store_cli;

@@ -84,10 +84,15 @@ pub struct PsArgs {
     pub quiet: bool,
 }
 
-fn image_defaults(
-    cfg: &ImageConfig,
-    a: &Args,
-) -> Result<(Vec<String>, Vec<String>, String, Option<String>)> {
+/// What the image's config and the flags make of a run.
+struct Defaults {
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    user: Option<String>,
+}
+
+fn image_defaults(cfg: &ImageConfig, a: &Args) -> Result<Defaults> {
     let rc = cfg.config.clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &a.entrypoint {
         Some(e) if e.is_empty() => Vec::new(),
@@ -135,7 +140,12 @@ fn image_defaults(
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
     let user = a.user.clone().or(rc.user.clone()).filter(|u| !u.is_empty());
-    Ok((args, env, cwd, user))
+    Ok(Defaults {
+        args,
+        env,
+        cwd,
+        user,
+    })
 }
 
 /// Runs `run`.
@@ -149,7 +159,12 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     let store = g.store()?;
     let img = store.resolve_image(&a.image)?;
     let cfg = ImageConfig::parse(&img.config)?;
-    let (args, env, cwd, user) = image_defaults(&cfg, &a)?;
+    let Defaults {
+        args,
+        env,
+        cwd,
+        user,
+    } = image_defaults(&cfg, &a)?;
     let binds = a
         .volumes
         .iter()
@@ -225,6 +240,9 @@ fn start_container(
     state.write_now()?;
     let result = (|| -> Result<std::process::ExitStatus> {
         let ids = resolve_user(&rootfs, s.user.as_deref())?;
+        if find_executable(&rootfs, &s.args[0], &s.env).is_none() {
+            return Err(CommandNotFound(s.args[0].clone()).into());
+        }
         let spec = runtime_spec(&s, &rootfs, ids, in_userns);
         std::fs::write(
             bundle.join("config.json"),
@@ -238,10 +256,87 @@ fn start_container(
     if let Err(e) = session.unmount() {
         eprintln!("warning: unmounting {}: {e}", rootfs.display());
     }
-    let status = result?;
+    let status = match result {
+        Err(e) if e.downcast_ref::<CommandNotFound>().is_some() => {
+            // Docker's answer for a command the image does not have: exit code 127.
+            eprintln!("error: {e}");
+            s.last_exit = Some(127);
+            store.set_container_config(c, &serde_json::to_vec(&s)?)?;
+            return Ok(ExitCode::from(127));
+        }
+        r => r?,
+    };
     s.last_exit = Some(exit_number(status));
     store.set_container_config(c, &serde_json::to_vec(&s)?)?;
     Ok(crate::runtime::exit_code_of(status))
+}
+
+/// The container's command is not in its filesystem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: executable file not found in the container's $PATH")]
+struct CommandNotFound(String);
+
+/// Resolves `path` inside `root` as the kernel would after a chroot: symlinks (absolute ones
+/// relative to `root`) are followed, at most 40 of them. `None` when it does not exist.
+fn resolve_in_root(root: &std::path::Path, path: &str) -> Option<PathBuf> {
+    let mut parts: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    parts.reverse();
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = parts.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = cur.join(&c);
+        let host = root.join(next.strip_prefix("/").ok()?);
+        let md = std::fs::symlink_metadata(&host).ok()?;
+        if md.file_type().is_symlink() {
+            links += 1;
+            if links > 40 {
+                return None;
+            }
+            let target = std::fs::read_link(&host).ok()?;
+            let t = target.to_string_lossy().into_owned();
+            if t.starts_with('/') {
+                cur = PathBuf::from("/");
+            }
+            for comp in t.split('/').filter(|c| !c.is_empty()).rev() {
+                parts.push(comp.to_owned());
+            }
+        } else {
+            cur = next;
+        }
+    }
+    Some(root.join(cur.strip_prefix("/").ok()?))
+}
+
+/// Finds the command as `execvp` in the container would: a path with `/` as is, else each
+/// directory of the container's PATH.
+fn find_executable(root: &std::path::Path, cmd: &str, env: &[String]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &PathBuf| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if cmd.contains('/') {
+        return resolve_in_root(root, cmd).filter(is_exec);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(&DEFAULT_PATH["PATH=".len()..]);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| resolve_in_root(root, &format!("{d}/{cmd}")))
+        .find(is_exec)
 }
 
 /// Runs `start`.
