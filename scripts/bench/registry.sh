@@ -17,6 +17,7 @@
 #   skopeo push            skopeo copy docker-archive:(strata save of the image) → docker:// (pgzip)
 #   strata pull            registry → a fresh store (verify, decompress, file-level dedup, index)
 #   skopeo pull → dir      skopeo copy docker:// → dir: (download and verify only: less work than strata)
+#   skopeo pull → dir (decompressed)  the same with --dest-decompress (writes the plain layer tar)
 # No timing is asserted; the script exits 1 when a command fails or a pulled image ID differs.
 set -euo pipefail
 
@@ -79,7 +80,7 @@ S --root "$SRC" import "$TAR" bench/debian:latest
 IMAGE_ID=$("$STRATA" --root "$SRC" --format json inspect bench/debian:latest | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d.get("id") or d.get("Id"))')
 TAR_MB=$(du -m "$TAR" | cut -f1)
 
-declare -a T_PUSH T_PUSH2 T_SKPUSH T_PULL T_SKPULL
+declare -a T_PUSH T_PUSH2 T_SKPUSH T_PULL T_SKPULL T_SKPULLD
 for run in $(seq "$RUNS"); do
     REG_A=$(start_registry "reg-a-$run")
     REG_B=$(start_registry "reg-b-$run")
@@ -105,11 +106,17 @@ for run in $(seq "$RUNS"); do
     skopeo copy -q --src-tls-verify=false "docker://$REG_A/bench/debian:1" "dir:$WORK/skopeo-dir" >/dev/null
     t1=$(now)
     T_SKPULL+=("$(echo "$t1 - $t0" | bc)")
+    rm -rf "$WORK/skopeo-dir"
+    t0=$(now)
+    skopeo copy -q --src-tls-verify=false --dest-decompress "docker://$REG_A/bench/debian:1" "dir:$WORK/skopeo-dir" >/dev/null
+    t1=$(now)
+    T_SKPULLD+=("$(echo "$t1 - $t0" | bc)")
+    rm -rf "$WORK/skopeo-dir" "$WORK/pull-store"
 done
 
 BLOB_MB=$(du -m "$WORK/reg-a-1/data" | tail -1 | cut -f1)
 p=$(median "${T_PUSH[@]}"); p2=$(median "${T_PUSH2[@]}"); sp=$(median "${T_SKPUSH[@]}")
-l=$(median "${T_PULL[@]}"); sl=$(median "${T_SKPULL[@]}")
+l=$(median "${T_PULL[@]}"); sl=$(median "${T_SKPULL[@]}"); sld=$(median "${T_SKPULLD[@]}")
 ratio() { echo "scale=2; $2 / $1" | bc; }
 echo
 echo "Image: $TAR ($TAR_MB MiB uncompressed, 1 layer; ~$BLOB_MB MiB in the registry). $RUNS runs, median; $(nproc) cores."
@@ -119,3 +126,4 @@ echo "|---|---:|---:|---:|"
 echo "| push (cold: compress + upload) | $p | $sp | $(ratio "$p" "$sp")× |"
 echo "| push again (all blobs exist) | $p2 | — | — |"
 echo "| pull (strata: into the store; skopeo: to dir:) | $l | $sl | $(ratio "$l" "$sl")× |"
+echo "| pull (skopeo: to dir:, --dest-decompress) | $l | $sld | $(ratio "$l" "$sld")× |"
