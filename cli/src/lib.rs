@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod build;
 pub mod change;
 pub mod commands;
 pub mod output;
@@ -105,6 +106,8 @@ pub enum Command {
     Push(commands::push::Args),
     /// Pull an image from a registry.
     Pull(commands::pull::Args),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::Args),
 }
 
 /// Global settings every command gets.
@@ -201,6 +204,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logout(a) => commands::logout::run(&g, a),
         Command::Push(a) => commands::push::run(&g, a),
         Command::Pull(a) => commands::pull::run(&g, a),
+        Command::Build(a) => commands::build::run(&g, a),
     }
 }
 

@@ -113,6 +113,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX layer_blobs_diff_id ON layer_blobs(diff_id);
     "#,
+    // 4: the build cache: a content key (parent + instruction + sources) to the step's result.
+    r#"
+    CREATE TABLE build_cache (
+        key      BLOB PRIMARY KEY,        -- sha256 of the step's content key
+        config   BLOB NOT NULL,           -- the image config after the step (exact bytes)
+        diff_id  BLOB REFERENCES layers(diff_id) ON DELETE CASCADE, -- the layer it made, if any
+        created  TEXT NOT NULL,
+        used     TEXT NOT NULL            -- last hit, for pruning
+    ) WITHOUT ROWID;
+    CREATE INDEX build_cache_diff_id ON build_cache(diff_id);
+    "#,
 ];
 
 /// Newest schema version this build knows.

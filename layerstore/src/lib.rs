@@ -32,6 +32,7 @@
 
 pub mod archive;
 pub mod blobs;
+pub mod buildcache;
 pub mod commit;
 pub mod container;
 pub mod digest;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod archive_cli;
+mod build_cli;
 mod commit_cli;
 mod common;
 mod mount_cli;

@@ -1,5 +1,6 @@
 //! One module per subcommand: an `Args` struct (its doc comments are the help) and `run`.
 
+pub mod build;
 pub mod commit;
 pub mod container;
 pub mod df;

@@ -1,0 +1,1 @@
+//! `strata build`: Dockerfile parsing, stages, the step runner and the cache.
