@@ -44,7 +44,9 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Ask for the kernel writeback cache (not together with passthrough).
     pub writeback_cache: bool,
-    /// Let other users see the mount (`allow_other`; needs root or `user_allow_other`).
+    /// Let other users use the mount (`allow_other`; needs root or `user_allow_other` in
+    /// `/etc/fuse.conf`). Default: on for root (a container's processes may run as any uid;
+    /// the kernel still checks permissions), off otherwise.
     pub allow_other: bool,
     /// fsync copied-up files before renaming them into place.
     pub fsync_copy_up: bool,
@@ -61,7 +63,7 @@ impl Default for MountOptions {
             n_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             passthrough: false,
             writeback_cache: false,
-            allow_other: false,
+            allow_other: rustix::process::geteuid().is_root(),
             fsync_copy_up: true,
             fs_name: "strata".into(),
         }
