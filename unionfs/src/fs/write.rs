@@ -374,10 +374,24 @@ impl UnionFs {
         Ok((u.path(&prel).join(name), lower_has))
     }
 
-    fn chown_new(&self, path: &Path, caller: Caller) -> Result<()> {
+    /// Gives a new entry at `path` (maybe still in `work/`) the caller as owner, or the group of
+    /// a setgid `parent` (and, for a directory, the setgid bit), as a plain filesystem would.
+    fn chown_new(&self, path: &Path, parent: &Path, caller: Caller) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let pmd = parent.metadata().map_err(FsError::io("stat", parent))?;
+        let sgid = pmd.mode() & libc::S_ISGID != 0;
         if self.euid_root {
-            std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid))
+            let gid = if sgid { pmd.gid() } else { caller.gid };
+            std::os::unix::fs::lchown(path, Some(caller.uid), Some(gid))
                 .map_err(FsError::io("chown", path))?;
+        }
+        let md = path.symlink_metadata().map_err(FsError::io("stat", path))?;
+        if sgid && md.is_dir() && md.mode() & libc::S_ISGID == 0 {
+            std::fs::set_permissions(
+                path,
+                std::fs::Permissions::from_mode(md.mode() | libc::S_ISGID),
+            )
+            .map_err(FsError::io("chmod", path))?;
         }
         Ok(())
     }
@@ -482,7 +496,7 @@ impl UnionFs {
             .map_err(FsError::io("create", &path))?;
         f.set_permissions(std::fs::Permissions::from_mode(mode & !umask & 0o7777))
             .map_err(FsError::io("chmod", &path))?;
-        self.chown_new(&path, caller)?;
+        self.chown_new(&path, path.parent().unwrap_or(&path), caller)?;
         let e = self.new_entry(parent, name, EntryKind::File)?;
         let fh = self.add_handle(e.attr.ino, HandleData::Upper(f));
         Ok((e, fh))
@@ -588,7 +602,7 @@ impl UnionFs {
             std::fs::Permissions::from_mode(mode & !umask & 0o7777),
         )
         .map_err(FsError::io("chmod", &tmp))?;
-        self.chown_new(&tmp, caller)?;
+        self.chown_new(&tmp, path.parent().unwrap_or(&path), caller)?;
         if lower_has {
             u.set_opaque(&tmp)?;
         }
@@ -632,7 +646,7 @@ impl UnionFs {
             std::fs::Permissions::from_mode(mode & !umask & 0o7777),
         )
         .map_err(FsError::io("chmod", &path))?;
-        self.chown_new(&path, caller)?;
+        self.chown_new(&path, path.parent().unwrap_or(&path), caller)?;
         self.new_entry(parent, name, kind)
     }
 
@@ -650,7 +664,7 @@ impl UnionFs {
         let _ns = self.ns.read();
         let (path, _) = self.prepare_new(parent, name)?;
         std::os::unix::fs::symlink(target, &path).map_err(FsError::io("symlink", &path))?;
-        self.chown_new(&path, caller)?;
+        self.chown_new(&path, path.parent().unwrap_or(&path), caller)?;
         self.new_entry(parent, name, EntryKind::Symlink)
     }
 

@@ -359,6 +359,20 @@ fn rootless_mkdir_and_rmdir() {
     assert!(!m.path().join("deep").exists());
     fs::remove_dir(m.path().join("newdir")).unwrap();
     assert!(!ls(m.path()).contains(&"deep".to_owned()));
+    // setgid dirs pass their group (root) and the setgid bit on, as on any filesystem
+    let sg = m.path().join("sgid");
+    fs::create_dir(&sg).unwrap();
+    fs::set_permissions(&sg, fs::Permissions::from_mode(0o2775)).unwrap();
+    if rustix_is_root() {
+        std::os::unix::fs::lchown(&sg, None, Some(1234)).unwrap();
+        fs::set_permissions(&sg, fs::Permissions::from_mode(0o2775)).unwrap();
+    }
+    let gid = fs::metadata(&sg).unwrap().gid();
+    fs::create_dir(sg.join("sub")).unwrap();
+    fs::write(sg.join("f"), b"").unwrap();
+    let sub = fs::metadata(sg.join("sub")).unwrap();
+    assert_eq!((sub.mode() & 0o2000, sub.gid()), (0o2000, gid));
+    assert_eq!(fs::metadata(sg.join("f")).unwrap().gid(), gid);
     m.unmount().unwrap();
 }
 
