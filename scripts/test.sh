@@ -44,12 +44,19 @@ readonly APT_PACKAGES=(
     uidmap      # newuidmap/newgidmap for user namespaces with subordinate ids
     busybox-static # a static shell and tools: the runnable test image of the run tests
     fio         # union benchmark workloads (scripts/bench/union.sh)
+    docker-registry # the real registry the push/pull tests run on loopback
+    apache2-utils   # htpasswd -B: bcrypt users for the registry with auth
+    openssl     # a CA and a certificate for the TLS registry test
+    curl        # registry benchmark
+    bc          # registry benchmark arithmetic
 )
 readonly FUSE_CONF=/etc/fuse.conf
 
 export STRATA_REQUIRE_FUSE=1
 # Tests that need runc, busybox-static, skopeo or umoci fail instead of skipping.
 export STRATA_REQUIRE_TOOLS=1
+# Registry tests fail instead of skipping when docker-registry is missing.
+export STRATA_REQUIRE_REGISTRY=1
 export STRATA_CI_CACHE=$CI_CACHE
 
 FAILED=()
@@ -181,7 +188,7 @@ as_test_user() {
     local path=$WORK_DIR/user/bin:/usr/local/bin:/usr/bin:/bin
     runuser -u "$TEST_USER" -- env -i \
         PATH="$path" HOME="$TEST_USER_HOME" USER="$TEST_USER" LANG=C.UTF-8 TMPDIR=/tmp \
-        CI="${CI:-}" RUST_BACKTRACE=1 STRATA_REQUIRE_FUSE=1 STRATA_REQUIRE_TOOLS=1 STRATA_CI_CACHE="$CI_CACHE" \
+        CI="${CI:-}" RUST_BACKTRACE=1 STRATA_REQUIRE_FUSE=1 STRATA_REQUIRE_TOOLS=1 STRATA_REQUIRE_REGISTRY=1 STRATA_CI_CACHE="$CI_CACHE" \
         STRATA_DEBIAN_TAR="${STRATA_DEBIAN_TAR:-}" "$@"
 }
 

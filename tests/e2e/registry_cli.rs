@@ -260,6 +260,23 @@ fn registry_push_pull_round_trip_and_shared_base() {
     let p4 = json(&dst, &["push", &format!("{h}/other/copy:one")]);
     assert_eq!(p4["manifest_digest"], p1["manifest_digest"], "{p4}");
     assert_eq!(statuses(&p4), ["mounted", "mounted"], "{p4}");
+
+    // The check: `strata pull` followed by `strata mount` shows the files.
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+    {
+        let mnt = dst.path("mnt");
+        let _m = StrataMount::start(&dst, &["mount", &format!("{repo}:two")], &mnt);
+        assert_eq!(std::fs::read(mnt.join("app/two")).unwrap(), b"second image");
+        assert!(
+            std::fs::read_to_string(mnt.join("etc/os-release"))
+                .unwrap()
+                .contains("strata test")
+        );
+    }
 }
 
 fn skopeo_available() -> bool {

@@ -32,7 +32,7 @@
 //! layers are ingested into the store as they pass (see there for the order rules).
 
 mod load;
-mod oci;
+pub(crate) mod oci;
 mod save;
 mod tarout;
 
