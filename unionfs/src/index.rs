@@ -481,7 +481,8 @@ impl IndexTree {
     /// hides an entry of its own layer.
     ///
     /// # Errors
-    /// `InvalidData` when a hard link names a path that is not an earlier file entry.
+    /// `InvalidData` when a hard link names a path that is not an earlier file entry, or a
+    /// non-empty file has no content object.
     pub fn from_entries(entries: Vec<IndexEntry>) -> io::Result<IndexTree> {
         let mut b = ArenaBuilder::new();
         for e in &entries {
@@ -489,6 +490,12 @@ impl IndexTree {
                 IndexKind::File { size, content } => {
                     let c = match content {
                         Some(p) if *size > 0 => Content::Object(p.clone()),
+                        None if *size > 0 => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("file {:?} has {size} bytes but no content object", e.path),
+                            ));
+                        }
                         _ => Content::Empty,
                     };
                     (Payload::File(c), *size)
