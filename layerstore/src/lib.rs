@@ -7,6 +7,7 @@
 //!                                  entry_xattrs, images, image_layers, tags, containers
 //! <root>/objects/sha256/ab/<hex>   one file's content, named by its sha256; read-only
 //! <root>/tmp/                      staging for new objects; garbage after a crash
+//! <root>/blobs/sha256/<hex>         compressed layer blobs kept from pulls
 //! <root>/containers/<id>/          upper/ and work/ of a container's union mount
 //! <root>/run/                      state of live mounts (owned by the CLI)
 //! <root>/lock                      flock: writers shared, gc exclusive
