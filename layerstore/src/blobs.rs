@@ -16,7 +16,7 @@
 //!
 //! Blob files are written crash-safely: to `tmp/`, fsync, rename to the final name, fsync
 //! the directory, and only then is the row committed. A blob file without a row (a crash in
-//! between, or a layer removed by gc) is garbage that [`Store::gc_blobs`] removes.
+//! between, or a layer removed by gc) is garbage that `gc` removes.
 //!
 //! # Deterministic compression
 //!

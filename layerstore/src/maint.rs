@@ -27,6 +27,8 @@ pub struct GcReport {
     pub blobs: u64,
     /// Bytes those blobs take.
     pub blob_bytes: u64,
+    /// Build-cache entries whose result is gone.
+    pub build_cache: u64,
 }
 
 /// A problem `fsck` found.
@@ -140,6 +142,7 @@ impl Store {
             let (n, bytes) = self.gc_blobs(true)?;
             report.blobs = n;
             report.blob_bytes = bytes;
+            report.build_cache = self.gc_build_cache(true)?;
             return Ok(report);
         }
         // Index first, files after: a crash in between leaves only unreferenced files.
@@ -167,6 +170,7 @@ impl Store {
         let (n, bytes) = self.gc_blobs(false)?;
         report.blobs = n;
         report.blob_bytes = bytes;
+        report.build_cache = self.gc_build_cache(false)?;
         Ok(report)
     }
 

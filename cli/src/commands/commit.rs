@@ -30,7 +30,7 @@ pub struct Args {
     /// Commit message, recorded as the history entry's comment.
     #[arg(short, long)]
     pub message: Option<String>,
-    /// Author, recorded in the config and the history entry (e.g. "Name <mail>").
+    /// Author, recorded in the config and the history entry (e.g. `Name <mail>`).
     #[arg(short, long)]
     pub author: Option<String>,
     /// Apply a Dockerfile instruction to the config (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL,

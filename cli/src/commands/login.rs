@@ -16,7 +16,7 @@ use super::push::TlsArgs;
 /// Log in to a registry (default docker.io).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Registry host[:port], e.g. `localhost:5000`. Default: docker.io.
+    /// Registry `host[:port]`, e.g. `localhost:5000`. Default: docker.io.
     pub registry: Option<String>,
     /// User name.
     #[arg(short, long)]

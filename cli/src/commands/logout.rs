@@ -10,7 +10,7 @@ use crate::registry::auth;
 /// Log out from a registry (default docker.io).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Registry host[:port]. Default: docker.io.
+    /// Registry `host[:port]`. Default: docker.io.
     pub registry: Option<String>,
 }
 

@@ -28,7 +28,7 @@
 //!
 //! # What `load` reads
 //!
-//! See [`load`]: the tar is read once, front to back; small JSON files are kept in memory,
+//! See the `load` module: the tar is read once, front to back; small JSON files are kept in memory,
 //! layers are ingested into the store as they pass (see there for the order rules).
 
 mod load;
