@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -36,8 +36,10 @@ pub(crate) struct NodeState {
     pub(crate) kind: EntryKind,
     /// Dirs: the lower layers merged into it, top first. Non-dirs: the lower copy, if any.
     pub(crate) lower: Vec<LowerRef>,
-    /// The path (relative, in the lower layers) where `lower` was resolved.
-    pub(crate) lower_path: PathBuf,
+    /// Where `lower` was resolved when that is not the parent's lower path plus the name: the
+    /// path (relative, in the lower layers) of a redirect, a metacopy origin or a renamed entry.
+    /// `None` for almost every node, which saves a path per inode.
+    pub(crate) lower_origin: Option<Box<Path>>,
     /// Exists in the upper directory.
     pub(crate) upper: bool,
     /// The upper copy is a metadata-only placeholder; data still comes from `lower`.
@@ -48,8 +50,8 @@ pub(crate) struct NodeState {
     pub(crate) unlinked: bool,
     /// Numbered by a readdir but never looked up: its state is not resolved yet.
     pub(crate) reserved: bool,
-    /// Serialises copy-up of this inode.
-    pub(crate) copy_lock: Arc<Mutex<()>>,
+    /// Serialises copy-up of this inode; made on first use (most inodes are never copied up).
+    pub(crate) copy_lock: Option<Arc<Mutex<()>>>,
 }
 
 impl NodeState {
@@ -61,21 +63,52 @@ impl NodeState {
             lookups: 0,
             kind,
             lower: Vec::new(),
-            lower_path: PathBuf::new(),
+            lower_origin: None,
             upper: false,
             metacopy: false,
             nlink: None,
             unlinked: false,
             reserved: false,
-            copy_lock: Arc::new(Mutex::new(())),
+            copy_lock: None,
         }
+    }
+}
+
+/// Inodes by number. Numbers are handed out in sequence from 1 and never freed (they stay
+/// bound to their path for the mount's life), so a vector indexed by `ino - 1` is the whole map,
+/// without a hash table's per-entry overhead.
+#[derive(Debug, Default)]
+struct NodeVec(Vec<NodeState>);
+
+impl NodeVec {
+    fn index(ino: &Ino) -> Option<usize> {
+        usize::try_from(ino.0.checked_sub(1)?).ok()
+    }
+
+    fn get(&self, ino: &Ino) -> Option<&NodeState> {
+        self.0.get(Self::index(ino)?)
+    }
+
+    fn get_mut(&mut self, ino: &Ino) -> Option<&mut NodeState> {
+        let i = Self::index(ino)?;
+        self.0.get_mut(i)
+    }
+
+    /// Adds the node for the next number, which must be `ino`.
+    fn insert(&mut self, ino: Ino, n: NodeState) {
+        debug_assert_eq!(
+            Self::index(&ino),
+            Some(self.0.len()),
+            "inode numbers are sequential"
+        );
+        self.0.push(n);
     }
 }
 
 /// All inodes. Guarded by one `RwLock` in `UnionFs`, held only for map operations, never I/O.
 #[derive(Debug, Default)]
 pub(crate) struct InodeTable {
-    pub(crate) nodes: HashMap<Ino, NodeState>,
+    nodes: NodeVec,
     children: HashMap<(Ino, OsString), Ino>,
     /// Lower file (layer, node) → inode, so hard links of a layer share one inode.
     origins: HashMap<LowerRef, Ino>,
@@ -115,6 +148,31 @@ impl InodeTable {
             }
         }
         let mut p = PathBuf::new();
+        for part in parts.iter().rev() {
+            p.push(part);
+        }
+        Some(p)
+    }
+
+    /// The path (relative, in the lower layers) whose lower content the inode merges: its own
+    /// `lower_origin`, else its parent's lower path plus its name.
+    pub(crate) fn lower_path(&self, ino: Ino) -> Option<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        let mut base: &Path = Path::new("");
+        for _ in 0..4096 {
+            let n = self.nodes.get(&cur)?;
+            if let Some(o) = &n.lower_origin {
+                base = o;
+                break;
+            }
+            if cur == ROOT_INO {
+                break;
+            }
+            parts.push(&n.name);
+            cur = n.parent;
+        }
+        let mut p = base.to_path_buf();
         for part in parts.iter().rev() {
             p.push(part);
         }

@@ -162,7 +162,8 @@ impl Default for FsOptions {
 struct Resolved {
     kind: EntryKind,
     lower: Vec<LowerRef>,
-    lower_path: PathBuf,
+    /// `Some` only where the lower content comes from another path (redirect, metacopy).
+    lower_origin: Option<PathBuf>,
     upper: bool,
     metacopy: bool,
     origin: Option<LowerRef>,
@@ -257,6 +258,14 @@ impl UnionFs {
             .ok_or(FsError::StaleInode(ino.0))
     }
 
+    /// The path in the lower layers whose content the inode merges (see `lower_origin`).
+    fn lower_path_of(&self, ino: Ino) -> Result<PathBuf> {
+        self.table
+            .read()
+            .lower_path(ino)
+            .ok_or(FsError::StaleInode(ino.0))
+    }
+
     fn path_of(&self, ino: Ino) -> Result<PathBuf> {
         self.table
             .read()
@@ -345,7 +354,6 @@ impl UnionFs {
         if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return Ok(None); // marker spelling: never a visible name
         }
-        let lower_path = parent.lower_path.join(name);
         if parent.kind != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
@@ -354,9 +362,7 @@ impl UnionFs {
             match up.symlink_metadata() {
                 Ok(md) if is_whiteout_dev(&md) => return Ok(None),
                 Ok(md) => {
-                    return self
-                        .resolve_upper(parent, &up, &md, name, lower_path)
-                        .map(Some);
+                    return self.resolve_upper(parent, &up, &md, name).map(Some);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(FsError::io("stat", up)(e)),
@@ -366,21 +372,16 @@ impl UnionFs {
             if u.has_whiteout(ppath, name) {
                 return Ok(None);
             }
-            return self.resolved_lower(lower, kind, lower_path).map(Some);
+            return self.resolved_lower(lower, kind).map(Some);
         }
         let (lower, kind) = self.lower_child(&parent.lower, name)?;
         match kind {
-            Some(kind) => self.resolved_lower(lower, kind, lower_path).map(Some),
+            Some(kind) => self.resolved_lower(lower, kind).map(Some),
             None => Ok(None),
         }
     }
 
-    fn resolved_lower(
-        &self,
-        lower: Vec<LowerRef>,
-        kind: EntryKind,
-        lower_path: PathBuf,
-    ) -> Result<Resolved> {
+    fn resolved_lower(&self, lower: Vec<LowerRef>, kind: EntryKind) -> Result<Resolved> {
         let mut origin = None;
         let mut lower_nlink = None;
         if kind != EntryKind::Dir
@@ -395,7 +396,7 @@ impl UnionFs {
         Ok(Resolved {
             kind,
             lower,
-            lower_path,
+            lower_origin: None,
             upper: false,
             metacopy: false,
             origin,
@@ -409,13 +410,12 @@ impl UnionFs {
         up: &Path,
         md: &std::fs::Metadata,
         name: &OsStr,
-        lower_path: PathBuf,
     ) -> Result<Resolved> {
         let kind = kind_of(md);
         let mut r = Resolved {
             kind,
             lower: Vec::new(),
-            lower_path,
+            lower_origin: None,
             upper: true,
             metacopy: false,
             origin: None,
@@ -435,7 +435,7 @@ impl UnionFs {
                 if k == Some(EntryKind::Dir) {
                     r.lower = stack;
                 }
-                r.lower_path = p;
+                r.lower_origin = Some(p);
                 return Ok(r);
             }
             let (stack, k) = self.lower_child(&parent.lower, name)?;
@@ -450,7 +450,7 @@ impl UnionFs {
             if k == Some(EntryKind::File) {
                 r.metacopy = true;
                 r.lower = stack;
-                r.lower_path = p;
+                r.lower_origin = Some(p);
             }
         }
         Ok(r)
@@ -465,7 +465,7 @@ impl UnionFs {
             let keep_upper = r.origin.is_some() && n.upper && !r.upper;
             if !keep_upper {
                 n.lower = r.lower;
-                n.lower_path = r.lower_path;
+                n.lower_origin = r.lower_origin.map(PathBuf::into_boxed_path);
                 n.upper = r.upper;
                 n.metacopy = r.metacopy;
             }

@@ -5,8 +5,10 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 
 use super::upper::{DataSource, METACOPY_XATTR, REDIRECT_XATTR, copy_data, is_reserved_name};
@@ -115,6 +117,18 @@ impl UnionFs {
         set_times_nofollow(path, t, t)
     }
 
+    /// The copy-up lock of an inode (made on first use).
+    fn copy_lock(&self, ino: Ino) -> Result<Arc<Mutex<()>>> {
+        if let Some(l) = self.table.read().get(ino).and_then(|n| n.copy_lock.clone()) {
+            return Ok(l);
+        }
+        let mut t = self.table.write();
+        let n = t.get_mut(ino).ok_or(FsError::StaleInode(ino.0))?;
+        Ok(n.copy_lock
+            .get_or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone())
+    }
+
     /// Makes sure directory `ino` exists in the upper (copying its metadata, not its content),
     /// parents first. Returns its relative path.
     pub(crate) fn ensure_upper_dir(&self, ino: Ino) -> Result<PathBuf> {
@@ -125,7 +139,7 @@ impl UnionFs {
         if s.kind != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
-        let lock = s.copy_lock.clone();
+        let lock = self.copy_lock(ino)?;
         let _g = lock.lock();
         if self.state(ino)?.upper {
             return self.path_of(ino);
@@ -176,7 +190,7 @@ impl UnionFs {
         if s.upper && (!s.metacopy || !data) {
             return Ok(());
         }
-        let lock = s.copy_lock.clone();
+        let lock = self.copy_lock(ino)?;
         let _g = lock.lock();
         let s = self.state(ino)?;
         if s.upper && (!s.metacopy || !data) {
@@ -201,8 +215,9 @@ impl UnionFs {
                     .open(&tmp)
                     .map_err(FsError::io("create", &tmp))?;
                 if !data && la.size > 0 {
+                    let lower_path = self.lower_path_of(ino)?;
                     metacopy =
-                        xattr::set(&tmp, METACOPY_XATTR, s.lower_path.as_os_str().as_bytes(), 0)
+                        xattr::set(&tmp, METACOPY_XATTR, lower_path.as_os_str().as_bytes(), 0)
                             .is_ok();
                 }
                 if !metacopy {
@@ -279,7 +294,7 @@ impl UnionFs {
                 .map_err(FsError::io("open", &path))?;
             (f, path)
         };
-        let lock = self.state(ino)?.copy_lock.clone();
+        let lock = self.copy_lock(ino)?;
         let _g = lock.lock();
         let s = self.state(ino)?;
         if !s.metacopy {
@@ -428,7 +443,7 @@ impl UnionFs {
         }
         let _ns = self.ns.read();
         let path = u.path(&self.path_of(ino)?);
-        let lock = self.state(ino)?.copy_lock.clone();
+        let lock = self.copy_lock(ino)?;
         let _g = lock.lock();
         if trunc && self.state(ino)?.metacopy {
             xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
@@ -827,12 +842,15 @@ impl UnionFs {
             let primary = u.path(&self.path_of(src)?);
             std::fs::hard_link(&primary, &from).map_err(FsError::io("link", &from))?;
         }
+        // Where the moved entry's lower content lives; after the move it can no longer be
+        // derived from its new parent and name, so it is pinned (`lower_origin`).
+        let src_lower_path = self.lower_path_of(src)?;
         if ss.kind == EntryKind::Dir {
             if !ss.lower.is_empty() {
                 xattr::set(
                     &from,
                     REDIRECT_XATTR,
-                    ss.lower_path.as_os_str().as_bytes(),
+                    src_lower_path.as_os_str().as_bytes(),
                     0,
                 )
                 .map_err(|e| match e.raw_os_error() {
@@ -865,6 +883,9 @@ impl UnionFs {
         t.rename(parent, name, new_parent, new_name);
         if let Some(n) = t.get_mut(src) {
             n.upper = true;
+            if !n.lower.is_empty() {
+                n.lower_origin = Some(src_lower_path.into_boxed_path());
+            }
         }
         Ok(())
     }
