@@ -778,7 +778,8 @@ impl UnionFs {
                     if n == 0 {
                         break;
                     }
-                    done += n;
+                    // A lower tree claiming more than the buffer must not panic a worker.
+                    done = (done + n).min(buf.len());
                 }
                 done
             }

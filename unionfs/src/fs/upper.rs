@@ -236,7 +236,7 @@ pub(crate) fn copy_data(src: &DataSource<'_>, dst: &File, size: u64) -> io::Resu
             let mut buf = vec![0u8; COPY_CHUNK];
             let mut pos = 0u64;
             while pos < size {
-                let n = read(&mut buf, pos)?;
+                let n = read(&mut buf, pos)?.min(buf.len());
                 if n == 0 {
                     break;
                 }
