@@ -385,7 +385,10 @@ impl UnionFs {
         let prel = self.ensure_upper_dir(parent)?;
         let ps = self.state(parent)?;
         let lower_has = !self.lower_child(&ps.lower, name)?.0.is_empty();
-        u.clear_whiteout(&prel, name)?;
+        // Whiteouts are only ever written over names a lower has.
+        if lower_has {
+            u.clear_whiteout(&prel, name)?;
+        }
         Ok((u.path(&prel).join(name), lower_has))
     }
 
@@ -400,13 +403,12 @@ impl UnionFs {
             std::os::unix::fs::lchown(path, Some(caller.uid), Some(gid))
                 .map_err(FsError::io("chown", path))?;
         }
-        let md = path.symlink_metadata().map_err(FsError::io("stat", path))?;
-        if sgid && md.is_dir() && md.mode() & libc::S_ISGID == 0 {
-            std::fs::set_permissions(
-                path,
-                std::fs::Permissions::from_mode(md.mode() | libc::S_ISGID),
-            )
-            .map_err(FsError::io("chmod", path))?;
+        if sgid {
+            let md = path.symlink_metadata().map_err(FsError::io("stat", path))?;
+            if md.is_dir() && md.mode() & libc::S_ISGID == 0 {
+                let mode = std::fs::Permissions::from_mode(md.mode() | libc::S_ISGID);
+                std::fs::set_permissions(path, mode).map_err(FsError::io("chmod", path))?;
+            }
         }
         Ok(())
     }
