@@ -1,6 +1,6 @@
 //! Mounts plain directories in the foreground, for manual tests and benchmarks:
 //! `mount_dirs LOWER[:LOWER...] MOUNTPOINT [UPPER WORK] [--passthrough] [--writeback] [--ttl0]`.
-//! Unmount with `fusermount3 -u MOUNTPOINT` or SIGTERM.
+//! Unmount with `fusermount3 -u MOUNTPOINT` or SIGTERM. `STRATA_THREADS=n` sets the workers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     options.passthrough = flags.iter().any(|f| *f == "--passthrough");
     options.writeback_cache = flags.iter().any(|f| *f == "--writeback");
+    if let Ok(n) = std::env::var("STRATA_THREADS") {
+        options.n_threads = n.parse()?;
+    }
     unionfs::mount(
         UnionConfig {
             lowers,
