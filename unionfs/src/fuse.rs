@@ -54,6 +54,22 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes sent with a negative entry (the kernel looks only at the node id 0).
+const NEGATIVE_ATTR: Attr = Attr {
+    ino: Ino(0),
+    kind: EntryKind::File,
+    size: 0,
+    blocks: 0,
+    perm: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    atime: std::time::UNIX_EPOCH,
+    mtime: std::time::UNIX_EPOCH,
+    ctime: std::time::UNIX_EPOCH,
+};
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -153,6 +169,14 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(Ino(parent.0), name) {
             Ok(e) => self.reply_entry(reply, &e),
+            // A negative entry (node 0) lets the kernel remember the miss (PATH and import
+            // searches probe the same missing names again and again); it forgets it itself
+            // when a name is created through the mount, the only way the union changes.
+            Err(FsError::NotFound) if !self.opts.entry_ttl.is_zero() => {
+                let mut attr = file_attr(&NEGATIVE_ATTR);
+                attr.ino = INodeNo(0);
+                reply.entry_with_ttls(&Duration::ZERO, &self.opts.entry_ttl, &attr, Generation(0));
+            }
             Err(e) => reply.error(errno("lookup", parent.0, &e)),
         }
     }
