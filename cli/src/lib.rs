@@ -13,6 +13,7 @@ pub mod build;
 pub mod change;
 pub mod commands;
 pub mod output;
+pub mod overlay;
 pub mod progress;
 pub mod registry;
 pub mod runtime;
@@ -108,6 +109,16 @@ pub enum Command {
     Pull(commands::pull::Args),
     /// Build an image from a Dockerfile.
     Build(commands::build::Args),
+    /// fuse-overlayfs's command line over strata's union (same as the `strata-overlayfs` binary).
+    OverlayMount(OverlayMountArgs),
+}
+
+/// `strata overlay-mount`: the arguments fuse-overlayfs takes.
+#[derive(Debug, clap::Args)]
+pub struct OverlayMountArgs {
+    /// `[-f] [-d] -o lowerdir=…,upperdir=…,workdir=… MOUNTPOINT`, as fuse-overlayfs.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Global settings every command gets.
@@ -205,6 +216,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Push(a) => commands::push::run(&g, a),
         Command::Pull(a) => commands::pull::run(&g, a),
         Command::Build(a) => commands::build::run(&g, a),
+        Command::OverlayMount(a) => overlay::run(&a.args),
     }
 }
 

@@ -8,6 +8,7 @@ mod build_cli;
 mod commit_cli;
 mod common;
 mod mount_cli;
+mod overlayfs_cli;
 mod registry_cli;
 mod run_cli;
 mod seed_cli;

@@ -1,0 +1,268 @@
+//! `strata-overlayfs`, the fuse-overlayfs drop-in: its command line, daemonising, and the
+//! on-disk upper format read both ways with kernel overlayfs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+
+fn dropin() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_strata-overlayfs")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata-overlayfs")))
+}
+
+fn fuse_usable() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_FUSE").is_none(),
+            "/dev/fuse is not usable"
+        );
+        eprintln!("skipped: /dev/fuse is not usable");
+    }
+    ok
+}
+
+/// Two lower dirs: L1 (top) whites out `gone` and makes `d` opaque, either with `.wh.` files
+/// (the format containers/storage extracts layers in for a mount program) or, with `kernel`, as
+/// kernel overlayfs spells them (a char 0/0 device, `trusted.overlay.opaque=y`; root only).
+fn layers_in(env: &TestEnv, kernel: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let (l1, l2, up, work) = (
+        env.path("l1"),
+        env.path("l2"),
+        env.path("up"),
+        env.path("work"),
+    );
+    for d in [&l1, &l2, &up, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(l2.join("a"), b"lower a").unwrap();
+    fs::write(l2.join("gone"), b"hidden").unwrap();
+    fs::create_dir_all(l2.join("d")).unwrap();
+    fs::write(l2.join("d/x"), b"x").unwrap();
+    fs::create_dir_all(l2.join("keep")).unwrap();
+    fs::write(l2.join("keep/k"), b"k").unwrap();
+    fs::create_dir_all(l1.join("d")).unwrap();
+    if kernel {
+        let st = Command::new("mknod")
+            .arg(l1.join("gone"))
+            .args(["c", "0", "0"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = Command::new("setfattr")
+            .args(["-n", "trusted.overlay.opaque", "-v", "y"])
+            .arg(l1.join("d"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    } else {
+        fs::write(l1.join(".wh.gone"), b"").unwrap();
+        fs::write(l1.join("d/.wh..wh..opq"), b"").unwrap();
+    }
+    fs::write(l1.join("d/y"), b"y").unwrap();
+    (l1, l2, up, work)
+}
+
+fn layers(env: &TestEnv) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    layers_in(env, false)
+}
+
+/// name → content ("<dir>" for directories) of a tree, recursively.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                out.insert(rel, "<dir>".into());
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    rel,
+                    String::from_utf8_lossy(&fs::read(&p).unwrap()).into_owned(),
+                );
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn unmount(mnt: &Path) {
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    if !st.success() {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mnt)
+            .status();
+    }
+}
+
+struct Guard(PathBuf);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.0)
+                .status();
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Mounts with the drop-in the way containers/storage does (it waits for the exit, then uses
+/// the mount) and applies the same changes as `changes_kernel` below.
+fn mount_dropin(l1: &Path, l2: &Path, up: &Path, work: &Path, mnt: &Path) {
+    fs::create_dir_all(mnt).unwrap();
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={},volatile,context=\"a:b,c\"",
+        l1.display(),
+        l2.display(),
+        up.display(),
+        work.display()
+    );
+    let o = Command::new(dropin())
+        .args(["-o", &opts])
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(is_mounted(mnt), "the mount is live when the command exits");
+}
+
+fn apply_changes(mnt: &Path) {
+    fs::write(mnt.join("new"), b"new file").unwrap();
+    fs::write(mnt.join("a"), b"changed a").unwrap();
+    fs::remove_file(mnt.join("keep/k")).unwrap();
+    fs::remove_dir_all(mnt.join("d")).unwrap();
+    fs::create_dir(mnt.join("d")).unwrap();
+    fs::write(mnt.join("d/z"), b"z").unwrap();
+}
+
+#[test]
+fn rootless_dropin_merges_overlay_format_lowers_and_daemonises() {
+    if !fuse_usable() {
+        return;
+    }
+    let env = TestEnv::new();
+    let (l1, l2, up, work) = layers(&env);
+    let mnt = env.path("mnt");
+    let _g = Guard(mnt.clone());
+    mount_dropin(&l1, &l2, &up, &work, &mnt);
+    let t = tree(&mnt);
+    let expect: BTreeMap<String, String> = [
+        ("a", "lower a"),
+        ("d", "<dir>"),
+        ("d/y", "y"),
+        ("keep", "<dir>"),
+        ("keep/k", "k"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(t, expect);
+    apply_changes(&mnt);
+    unmount(&mnt);
+    assert!(!is_mounted(&mnt));
+    assert_eq!(fs::read(up.join("new")).unwrap(), b"new file");
+    assert_eq!(
+        fs::read(l2.join("a")).unwrap(),
+        b"lower a",
+        "lowers are never written"
+    );
+    let v = Command::new(dropin()).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains("fuse-overlayfs: version"));
+}
+
+#[test]
+fn dropin_and_kernel_overlayfs_read_each_others_upper() {
+    if !strata::is_root() || !fuse_usable() {
+        eprintln!("skipped: kernel overlayfs needs root");
+        return;
+    }
+    // strata writes, the kernel reads.
+    let env = TestEnv::new();
+    let (l1, l2, up, work) = layers_in(&env, true);
+    let mnt = env.path("mnt");
+    let _g = Guard(mnt.clone());
+    mount_dropin(&l1, &l2, &up, &work, &mnt);
+    apply_changes(&mnt);
+    let strata_view = tree(&mnt);
+    unmount(&mnt);
+    let kmnt = env.path("kmnt");
+    fs::create_dir_all(&kmnt).unwrap();
+    let _kg = Guard(kmnt.clone());
+    let kopts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        l1.display(),
+        l2.display(),
+        up.display(),
+        env.path("kwork").display()
+    );
+    fs::create_dir_all(env.path("kwork")).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &kopts])
+        .arg(&kmnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        tree(&kmnt),
+        strata_view,
+        "kernel overlayfs sees what strata wrote"
+    );
+    Command::new("umount").arg(&kmnt).status().unwrap();
+
+    // The kernel writes, strata reads.
+    let env2 = TestEnv::new();
+    let (l1, l2, up, _work) = layers_in(&env2, true);
+    let kmnt2 = env2.path("kmnt");
+    fs::create_dir_all(&kmnt2).unwrap();
+    fs::create_dir_all(env2.path("kwork")).unwrap();
+    let _kg2 = Guard(kmnt2.clone());
+    let kopts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        l1.display(),
+        l2.display(),
+        up.display(),
+        env2.path("kwork").display()
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &kopts])
+        .arg(&kmnt2)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    apply_changes(&kmnt2);
+    let kernel_view = tree(&kmnt2);
+    Command::new("umount").arg(&kmnt2).status().unwrap();
+    let mnt2 = env2.path("mnt");
+    let _g2 = Guard(mnt2.clone());
+    fs::create_dir_all(env2.path("work2")).unwrap();
+    mount_dropin(&l1, &l2, &up, &env2.path("work2"), &mnt2);
+    assert_eq!(
+        tree(&mnt2),
+        kernel_view,
+        "strata sees what kernel overlayfs wrote"
+    );
+    unmount(&mnt2);
+}
