@@ -83,10 +83,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         .with_context(|| format!("the image of container {}", ctr.name))?;
     let mut cfg = ImageConfig::parse(&parent.config)
         .with_context(|| format!("the config of image {}", parent.id))?;
-    let lowers = image_lowers(&store, &parent)?;
-    let found = changes::scan_upper(&ctr.upper(), &lowers)
-        .with_context(|| format!("reading the changes of container {}", ctr.name))?;
-    let entries = commit_entries(found, &lowers, g.verbose)?;
+    let entries = container_entries(&store, &ctr, &parent, g.verbose)?;
     let info = store
         .commit_layer(entries)
         .with_context(|| format!("writing the layer of container {}", ctr.name))?;
@@ -137,6 +134,24 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         println!("{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The changes in a container's upper over `parent` (its image) as the store's plain commit
+/// entries, ready for [`layerstore::Store::commit_layer`]; empty when nothing changed. Used by
+/// `commit` and the RUN steps of `build`.
+///
+/// # Errors
+/// The upper cannot be read, names that are not UTF-8.
+pub(crate) fn container_entries(
+    store: &layerstore::Store,
+    ctr: &layerstore::ContainerRecord,
+    parent: &layerstore::ImageRecord,
+    verbose: bool,
+) -> Result<Vec<CommitEntry>> {
+    let lowers = image_lowers(store, parent)?;
+    let found = changes::scan_upper(&ctr.upper(), &lowers)
+        .with_context(|| format!("reading the changes of container {}", ctr.name))?;
+    commit_entries(found, &lowers, verbose)
 }
 
 /// glibc's `major()`/`minor()` of a `dev_t`.

@@ -199,8 +199,25 @@ fn start_container(
     g: &Globals,
     store: &Store,
     c: &ContainerRecord,
-    mut s: RunSettings,
+    s: RunSettings,
 ) -> Result<ExitCode> {
+    let code = run_in_container(g, store, c, s)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// Mounts the container, runs `s` in it through the runtime and waits, unmounts; returns the
+/// exit code (128 + signal for a killed process, 127 for a command the image lacks). The
+/// settings, with the exit code, are stored with the container. Used by `run`, `start` and
+/// the RUN steps of `build`.
+///
+/// # Errors
+/// The container is mounted or running, no runtime, mount or runtime failures.
+pub(crate) fn run_in_container(
+    g: &Globals,
+    store: &Store,
+    c: &ContainerRecord,
+    mut s: RunSettings,
+) -> Result<i32> {
     if RunState::list(&g.root)
         .iter()
         .any(|r| r.container.as_deref() == Some(&c.id))
@@ -262,13 +279,14 @@ fn start_container(
             eprintln!("error: {e}");
             s.last_exit = Some(127);
             store.set_container_config(c, &serde_json::to_vec(&s)?)?;
-            return Ok(ExitCode::from(127));
+            return Ok(127);
         }
         r => r?,
     };
-    s.last_exit = Some(exit_number(status));
+    let code = exit_number(status);
+    s.last_exit = Some(code);
     store.set_container_config(c, &serde_json::to_vec(&s)?)?;
-    Ok(crate::runtime::exit_code_of(status))
+    Ok(code)
 }
 
 /// The container's command is not in its filesystem.
