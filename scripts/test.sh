@@ -49,6 +49,8 @@ readonly APT_PACKAGES=(
     openssl     # a CA and a certificate for the TLS registry test
     curl        # registry benchmark
     bc          # registry benchmark arithmetic
+    buildah     # a real client of strata-overlayfs (containers/storage mount_program)
+    fuse-overlayfs # the peer: the same buildah steps with it, and the union benchmark
 )
 readonly FUSE_CONF=/etc/fuse.conf
 

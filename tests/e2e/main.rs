@@ -5,6 +5,7 @@
 
 mod archive_cli;
 mod build_cli;
+mod buildah_cli;
 mod commit_cli;
 mod common;
 mod mount_cli;
