@@ -267,8 +267,53 @@ pub fn runtime_spec(
     })
 }
 
-/// Re-runs this command line inside a new user namespace (caller mapped to root) with its own
-/// mount namespace, and returns its exit code.
+/// Files listing subordinate ids (shadow-utils).
+const SUBUID_FILE: &str = "/etc/subuid";
+/// Same for groups.
+const SUBGID_FILE: &str = "/etc/subgid";
+/// The setuid helper that writes a multi-range uid map.
+const NEWUIDMAP: &str = "/usr/bin/newuidmap";
+
+/// True when `file` gives the calling user (by name or uid) a range of subordinate ids.
+fn has_subordinate_ids(file: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata("/proc/self") else {
+        return false;
+    };
+    let uid = md.uid().to_string();
+    let name = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&uid.as_str())).then(|| f[0].to_owned())
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let owner = l.split(':').next().unwrap_or_default();
+            owner == uid || (!name.is_empty() && owner == name)
+        })
+}
+
+/// Runs the current command in the user namespace when strata is not root (and not in one
+/// already): `Some(exit code)` of that run, `None` when the caller should go on here.
+///
+/// # Errors
+/// `unshare` cannot run.
+pub fn enter_userns_if_rootless(store_root: &Path) -> Result<Option<ExitCode>> {
+    if crate::is_root() || std::env::var_os(IN_USERNS_ENV).is_some() {
+        return Ok(None);
+    }
+    reexec_in_userns(store_root).map(Some)
+}
+
+/// Re-runs this command line inside a new user namespace with its own mount namespace, and
+/// returns its exit code. The caller is root there; when /etc/subuid and /etc/subgid give the
+/// caller ranges (and newuidmap is installed), ids 1… map to the first range, so images with
+/// other users work (`-u nobody`, files of uid 100); else only root is mapped.
 ///
 /// # Errors
 /// `unshare` is missing or user namespaces are disabled.
@@ -276,18 +321,18 @@ pub fn reexec_in_userns(store_root: &Path) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the strata binary")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-    ])
-    .arg(exe)
-    .args(args)
-    .env(IN_USERNS_ENV, "1")
-    .env("STRATA_ROOT", store_root);
+    cmd.args(["--user", "--map-root-user"]);
+    if Path::new(NEWUIDMAP).exists()
+        && has_subordinate_ids(SUBUID_FILE)
+        && has_subordinate_ids(SUBGID_FILE)
+    {
+        cmd.args(["--map-users=auto", "--map-groups=auto"]);
+    }
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .arg(exe)
+        .args(args)
+        .env(IN_USERNS_ENV, "1")
+        .env("STRATA_ROOT", store_root);
     // Signals sent to this process (the one the caller knows) must reach the one inside.
     let status = run_forwarding_signals(&mut cmd)
         .context("running unshare (util-linux) to enter a user namespace")?;

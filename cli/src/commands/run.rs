@@ -9,8 +9,8 @@ use unionfs::{UnionConfig, UpperDirs};
 
 use crate::Globals;
 use crate::runtime::{
-    Bind, DEFAULT_PATH, IN_USERNS_ENV, RunSettings, exit_number, find_runtime, reexec_in_userns,
-    resolve_user, run_runtime, runtime_spec,
+    Bind, DEFAULT_PATH, IN_USERNS_ENV, RunSettings, enter_userns_if_rootless, exit_number,
+    find_runtime, resolve_user, run_runtime, runtime_spec,
 };
 use crate::union::{RunState, cli_mount_options, image_lowers};
 
@@ -153,8 +153,8 @@ fn image_defaults(cfg: &ImageConfig, a: &Args) -> Result<Defaults> {
 /// # Errors
 /// Unknown image, no runtime, mount failures.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
-    if !crate::is_root() && std::env::var_os(IN_USERNS_ENV).is_none() {
-        return reexec_in_userns(&g.root);
+    if let Some(code) = enter_userns_if_rootless(&g.root)? {
+        return Ok(code);
     }
     let store = g.store()?;
     let img = store.resolve_image(&a.image)?;
@@ -362,8 +362,8 @@ fn find_executable(root: &std::path::Path, cmd: &str, env: &[String]) -> Option<
 /// # Errors
 /// Unknown container, one never run.
 pub fn run_start(g: &Globals, a: StartArgs) -> Result<ExitCode> {
-    if !crate::is_root() && std::env::var_os(IN_USERNS_ENV).is_none() {
-        return reexec_in_userns(&g.root);
+    if let Some(code) = enter_userns_if_rootless(&g.root)? {
+        return Ok(code);
     }
     let store = g.store()?;
     let c = store.resolve_container(&a.container)?;
