@@ -483,3 +483,79 @@ fn rootless_build_target_stage_only() {
         "{err}"
     );
 }
+
+/// The Debian image debootstrap made (scripts/fixtures/debian-rootfs.sh).
+const DEBIAN_TAR: &str = "/var/cache/strata-ci/debian-bookworm-minbase.tar";
+/// python3's .debs beyond minbase (scripts/fixtures/build-debs.sh python).
+const PYTHON_DEBS: &str = "/var/cache/strata-ci/debs-python";
+
+/// The seed's Python-app Dockerfile, adapted: the base is the imported Debian image and python3
+/// comes from .debs COPYed in (a build has no network), installed in dependency order.
+const PYTHON_APP: &str = r#"FROM debian:bookworm
+COPY debs/ /tmp/debs/
+RUN cd /tmp/debs && dpkg -i lib*.deb media-types_*.deb readline-common_*.deb >/dev/null \
+    && dpkg -i python3.11-minimal_*.deb >/dev/null && dpkg -i python3-minimal_*.deb >/dev/null \
+    && dpkg -i *.deb >/dev/null && rm -rf /tmp/debs
+WORKDIR /app
+COPY main.py /app/
+EXPOSE 80
+CMD ["python3", "main.py"]
+"#;
+
+#[test]
+fn rootless_build_seed_python_app_on_debian() {
+    let have = Path::new(DEBIAN_TAR).exists()
+        && std::fs::read_dir(PYTHON_DEBS).is_ok_and(|mut d| d.next().is_some());
+    if !have || !have_runtime_and_busybox() {
+        eprintln!(
+            "skipped: needs {DEBIAN_TAR} and {PYTHON_DEBS} (scripts/fixtures/debian-rootfs.sh, \
+             scripts/fixtures/build-debs.sh python)"
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    env.ok(&["import", DEBIAN_TAR, "debian:bookworm"]);
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(ctx.join("debs")).unwrap();
+    for e in std::fs::read_dir(PYTHON_DEBS).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ctx.join("debs").join(e.file_name())).unwrap();
+    }
+    write(&ctx, "Dockerfile", PYTHON_APP);
+    write(
+        &ctx,
+        "main.py",
+        "import sys\nprint('hello from main.py, python', sys.version_info.major)\n",
+    );
+    let (id1, _) = build_ok(&env, &ctx, &["-t", "python-app"]);
+    assert_eq!(
+        run_out(&env, &["python-app"]),
+        "hello from main.py, python 3\n"
+    );
+    let j = inspect(&env, "python-app");
+    assert_eq!(
+        j["config"]["Cmd"],
+        serde_json::json!(["python3", "main.py"])
+    );
+    assert_eq!(j["config"]["WorkingDir"], "/app");
+    assert_eq!(
+        j["config"]["ExposedPorts"],
+        serde_json::json!({"80/tcp": {}})
+    );
+    // Fully cached rebuild: same image.
+    let (id2, err) = build_ok(&env, &ctx, &["-t", "python-app"]);
+    assert_eq!(id1, id2);
+    assert_eq!(
+        cached_steps(&err),
+        [false, true, true, true, true, true, true]
+    );
+    // A new main.py rebuilds only its COPY and what follows.
+    write(&ctx, "main.py", "print('changed')\n");
+    let (_, err) = build_ok(&env, &ctx, &["-t", "python-app"]);
+    assert_eq!(
+        cached_steps(&err),
+        [false, true, true, true, false, false, false]
+    );
+    assert_eq!(run_out(&env, &["python-app"]), "changed\n");
+    no_containers_or_mounts(&env);
+}
