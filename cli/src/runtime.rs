@@ -310,6 +310,26 @@ pub fn enter_userns_if_rootless(store_root: &Path) -> Result<Option<ExitCode>> {
     reexec_in_userns(store_root).map(Some)
 }
 
+/// True when rootless runs map subordinate ids: then a container's upper dir may hold files
+/// owned by those ids, which only the user namespace can read or remove.
+fn maps_subordinate_ids() -> bool {
+    Path::new(NEWUIDMAP).exists()
+        && has_subordinate_ids(SUBUID_FILE)
+        && has_subordinate_ids(SUBGID_FILE)
+}
+
+/// For commands that read or remove a container's upper dir (diff, commit, export, rm, gc):
+/// when rootless with subordinate ids, run in the user namespace as `run` does.
+///
+/// # Errors
+/// `unshare` cannot run.
+pub fn enter_userns_for_container_files(store_root: &Path) -> Result<Option<ExitCode>> {
+    if crate::is_root() || std::env::var_os(IN_USERNS_ENV).is_some() || !maps_subordinate_ids() {
+        return Ok(None);
+    }
+    reexec_in_userns(store_root).map(Some)
+}
+
 /// Re-runs this command line inside a new user namespace with its own mount namespace, and
 /// returns its exit code. The caller is root there; when /etc/subuid and /etc/subgid give the
 /// caller ranges (and newuidmap is installed), ids 1… map to the first range, so images with
@@ -322,10 +342,7 @@ pub fn reexec_in_userns(store_root: &Path) -> Result<ExitCode> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut cmd = Command::new("unshare");
     cmd.args(["--user", "--map-root-user"]);
-    if Path::new(NEWUIDMAP).exists()
-        && has_subordinate_ids(SUBUID_FILE)
-        && has_subordinate_ids(SUBGID_FILE)
-    {
+    if maps_subordinate_ids() {
         cmd.args(["--map-users=auto", "--map-groups=auto"]);
     }
     cmd.args(["--mount", "--propagation", "private", "--"])

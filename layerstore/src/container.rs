@@ -245,7 +245,10 @@ impl Store {
         let id = hex::decode(&c.id)
             .map_err(|_| Error::Conflict(format!("bad container id {}", c.id)))?;
         self.with_tx(|tx| {
-            tx.execute("UPDATE containers SET config = ?1 WHERE id = ?2", params![config, id])
+            tx.execute(
+                "UPDATE containers SET config = ?1 WHERE id = ?2",
+                params![config, id],
+            )
         })?;
         Ok(())
     }
@@ -258,7 +261,9 @@ impl Store {
         let id = hex::decode(&c.id)
             .map_err(|_| Error::Conflict(format!("bad container id {}", c.id)))?;
         self.with_conn(|conn| {
-            conn.query_row("SELECT config FROM containers WHERE id = ?1", [id], |r| r.get(0))
+            conn.query_row("SELECT config FROM containers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
         })
     }
 

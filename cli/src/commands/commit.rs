@@ -48,6 +48,9 @@ pub struct Args {
 /// # Errors
 /// Invalid name or instruction (before any work), unknown or mounted container, I/O.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+        return Ok(code);
+    }
     let reference = a
         .reference
         .as_deref()

@@ -209,6 +209,9 @@ fn ls(g: &Globals, a: LsArgs) -> Result<ExitCode> {
 }
 
 fn rm(g: &Globals, a: RmArgs) -> Result<ExitCode> {
+    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+        return Ok(code);
+    }
     let store = g.store()?;
     let mut failed = false;
     for name in &a.containers {

@@ -22,6 +22,9 @@ pub struct Args {
 /// # Errors
 /// Unknown container, an image missing from the store, I/O on the upper dir.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+        return Ok(code);
+    }
     let store = g.store()?;
     let c = store.resolve_container(&a.container)?;
     let img = store

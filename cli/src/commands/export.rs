@@ -43,6 +43,9 @@ pub struct Args {
 /// # Errors
 /// Unknown container, I/O errors of the store or the upper dir, write errors.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+        return Ok(code);
+    }
     let store = g.store()?;
     let c = store.resolve_container(&a.container)?;
     let img = store.resolve_image(&c.image.to_string())?;

@@ -21,6 +21,9 @@ pub struct Args {
 /// # Errors
 /// Store errors.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+        return Ok(code);
+    }
     let store = g.store()?;
     let rep = store.gc(a.dry_run)?;
     if g.json() {

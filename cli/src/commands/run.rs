@@ -255,6 +255,13 @@ pub(crate) fn run_in_container(
     .with_context(|| format!("mounting the rootfs of container {}", c.name))?;
     let state = RunState::new(&g.root, &rootfs, img.id.to_string(), Some(c.id.clone()));
     state.write_now()?;
+    // Mount targets the runtime creates when the image lacks them; Docker keeps them in an
+    // init layer, so they never show in `diff` or a commit. Removed again after the run.
+    let created_targets: Vec<PathBuf> = RUNTIME_MOUNT_TARGETS
+        .iter()
+        .map(|t| rootfs.join(t))
+        .filter(|p| std::fs::symlink_metadata(p).is_err())
+        .collect();
     let result = (|| -> Result<std::process::ExitStatus> {
         let ids = resolve_user(&rootfs, s.user.as_deref())?;
         if find_executable(&rootfs, &s.args[0], &s.env).is_none() {
@@ -269,6 +276,14 @@ pub(crate) fn run_in_container(
         let state_dir = g.root.join(layerstore::RUN_DIR).join("runtime");
         run_runtime(&runtime, &state_dir, &bundle, &c.id[..32], g.verbose)
     })();
+    for p in created_targets.iter().rev() {
+        // Only what is still an empty placeholder: a file or dir the process filled stays.
+        let _ = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(p),
+            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(p),
+            _ => Ok(()),
+        };
+    }
     state.remove_now();
     if let Err(e) = session.unmount() {
         eprintln!("warning: unmounting {}: {e}", rootfs.display());
@@ -288,6 +303,10 @@ pub(crate) fn run_in_container(
     store.set_container_config(c, &serde_json::to_vec(&s)?)?;
     Ok(code)
 }
+
+/// Paths (relative to the rootfs) the runtime mounts over; when the image lacks one, the
+/// runtime creates it in the container's writable layer.
+const RUNTIME_MOUNT_TARGETS: &[&str] = &["proc", "sys", "dev", "etc/hosts", "etc/resolv.conf"];
 
 /// The container's command is not in its filesystem.
 #[derive(Debug, thiserror::Error)]
