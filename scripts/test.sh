@@ -123,6 +123,8 @@ build_fixtures() {
     export STRATA_DEBIAN_TAR
     # .deb files that container tests install with dpkg (no network inside the container).
     "$ROOT/scripts/fixtures/debs.sh" >/dev/null
+    # python3 and its dependencies as .debs for the seed's Python-app build test.
+    "$ROOT/scripts/fixtures/build-debs.sh" python >/dev/null
 }
 
 setup_system() {
