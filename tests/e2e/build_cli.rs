@@ -507,6 +507,10 @@ fn rootless_build_seed_python_app_on_debian() {
     let have = Path::new(DEBIAN_TAR).exists()
         && std::fs::read_dir(PYTHON_DEBS).is_ok_and(|mut d| d.next().is_some());
     if !have || !have_runtime_and_busybox() {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "the Python-app fixtures are missing (scripts/test.sh fetches them)"
+        );
         eprintln!(
             "skipped: needs {DEBIAN_TAR} and {PYTHON_DEBS} (scripts/fixtures/debian-rootfs.sh, \
              scripts/fixtures/build-debs.sh python)"
