@@ -108,11 +108,24 @@ setup_fuse() {
     fi
 }
 
+# Subordinate ids of the test user, so rootless `strata run` maps a whole id range (newuidmap), as
+# a desktop user created by adduser has. A range no other user of this machine is likely to use.
+readonly TEST_SUBIDS=300000-365535
+
+give_subordinate_ids() {
+    grep -q "^$TEST_USER:" /etc/subuid 2>/dev/null || usermod --add-subuids "$TEST_SUBIDS" "$TEST_USER"
+    grep -q "^$TEST_USER:" /etc/subgid 2>/dev/null || usermod --add-subgids "$TEST_SUBIDS" "$TEST_USER"
+}
+
 create_test_user() {
-    id -u "$TEST_USER" >/dev/null 2>&1 && return 0
+    if id -u "$TEST_USER" >/dev/null 2>&1; then
+        give_subordinate_ids
+        return 0
+    fi
     log "creating user $TEST_USER"
     useradd --system --user-group --create-home --home-dir "$TEST_USER_HOME" \
         --shell /usr/sbin/nologin "$TEST_USER"
+    give_subordinate_ids
 }
 
 build_fixtures() {
