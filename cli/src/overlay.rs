@@ -275,7 +275,9 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     dirs.extend(o.workdir.as_deref());
     let mnt = crate::union::check_mountpoint(&o.mountpoint, &dirs)?;
     if !o.foreground {
-        crate::union::spawn_background(&std::env::temp_dir().join("strata-mounts"))?;
+        // The temp dir itself (sticky, world-writable): a fixed subdir made by one user would
+        // lock the others out.
+        crate::union::spawn_background(&std::env::temp_dir())?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut lowers: Vec<Arc<dyn LowerTree>> = Vec::new();

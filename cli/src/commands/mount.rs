@@ -91,8 +91,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
             all.extend(a.work.as_deref());
             let mnt = check_mountpoint(&mnt, &all)?;
             if !a.foreground {
-                return spawn_background(&std::env::temp_dir().join("strata-mounts"))
-                    .map(|()| ExitCode::SUCCESS);
+                return spawn_background(&std::env::temp_dir()).map(|()| ExitCode::SUCCESS);
             }
             let mut lowers: Vec<Arc<dyn LowerTree>> = Vec::new();
             for d in &dirs {
