@@ -11,7 +11,8 @@
 #   fuse-overlayfs                   Debian's fuse-overlayfs (C)
 #   custom:fuse-overlayfs-rs         fuse-overlayfs 2.0 (Rust), `cargo install fuse-overlayfs`, cached
 #                                    under /var/cache/strata-ci (skipped when not built)
-#   custom:strata-dir                strata mount --lower (plain layer directories, like overlayfs)
+#   custom:strata-dir                strata-overlayfs -o lowerdir=… (the fuse-overlayfs drop-in; the same
+#                                    engine as `strata mount --lower`: plain layer directories)
 #   custom:strata-store              strata mount of the same layers imported into a strata store
 #                                    (entries from the index, contents from the store's objects)
 # Environment: STRATA (binary, default target/release/strata), UB_ROOT (default /var/tmp/unionbench).
@@ -34,7 +35,9 @@ command -v fio >/dev/null || apt-get install -y --no-install-recommends fio fuse
 "$UB" prepare
 
 targets=(native overlay fuse-overlayfs custom:strata-dir)
-export MOUNT_CMD_strata_dir="$STRATA mount --lower {LOWER} --upper {UPPER} --work {WORK} {MNT} --foreground"
+# strata-dir runs the fuse-overlayfs drop-in (strata-overlayfs, the same engine as
+# `strata mount --lower`), so the figures also answer the drop-in's benchmark.
+export MOUNT_CMD_strata_dir="${STRATA}-overlayfs -f -o lowerdir={LOWER},upperdir={UPPER},workdir={WORK} {MNT}"
 export UMOUNT_CMD_strata_dir="fusermount3 -u {MNT}"
 
 # The same layers as a strata image (once): overlay dirs -> docker-archive -> strata load.
