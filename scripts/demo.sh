@@ -2,7 +2,7 @@
 # The main job on an embedded default: build strata, create a store in a temp dir, import a small
 # rootfs this script makes (or Debian bookworm via debootstrap with --debian), and show what the store
 # knows: images, history, inspect, df, a byte-identical layer export, fsck — and, with the union mount,
-# a read-only mount of the image.
+# a read-only mount of the image, and (with runc) a container: run, diff, commit, history.
 #
 #   scripts/demo.sh            a tiny rootfs built from this machine's /bin/sh and a few tools
 #   scripts/demo.sh --debian   Debian bookworm minbase (debootstrap; needs root and the Debian mirror)
@@ -76,6 +76,14 @@ main() {
         run ls "$WORK/mnt" "$WORK/mnt/etc"
         run cat "$WORK/mnt/etc/os-release"
         run "$strata" umount "$WORK/mnt"
+    fi
+    # A container, its changes, a commit (needs an OCI runtime: apt-get install runc).
+    if command -v runc >/dev/null || [[ -x /usr/sbin/runc ]]; then
+        run "$strata" run --name demo-ctr "$name" sh -c 'echo changed > /etc/motd; echo hi > /root/new'
+        run "$strata" diff demo-ctr
+        run "$strata" commit -m "demo change" demo-ctr demo:v2
+        run "$strata" history demo:v2
+        run "$strata" run --rm demo:v2 cat /etc/motd
     fi
 }
 
