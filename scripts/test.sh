@@ -138,6 +138,8 @@ build_fixtures() {
     "$ROOT/scripts/fixtures/debs.sh" >/dev/null
     # python3 and its dependencies as .debs for the seed's Python-app build test.
     "$ROOT/scripts/fixtures/build-debs.sh" python >/dev/null
+    # gcc and libc6-dev (their closure over minbase) for the seed's multi-stage C build test.
+    "$ROOT/scripts/fixtures/build-debs.sh" gcc >/dev/null
 }
 
 setup_system() {

@@ -563,3 +563,276 @@ fn rootless_build_seed_python_app_on_debian() {
     assert_eq!(run_out(&env, &["python-app"]), "changed\n");
     no_containers_or_mounts(&env);
 }
+
+/// gcc, libc6-dev and what they need beyond minbase (scripts/fixtures/build-debs.sh gcc).
+const GCC_DEBS: &str = "/var/cache/strata-ci/debs-gcc";
+
+/// The seed's multi-stage C program, adapted: the builder stage is the Debian image with gcc and
+/// libc6-dev installed from .debs COPYed in (no network in a build); the binary is static, so the
+/// final stage is `scratch` holding nothing but `/app/hello`.
+const C_MULTI_STAGE: &str = r#"FROM debian:bookworm AS builder
+COPY debs/ /tmp/debs/
+RUN dpkg -i /tmp/debs/*.deb >/dev/null && rm -rf /tmp/debs
+WORKDIR /src
+COPY hello.c .
+RUN mkdir -p /app && gcc -static -O2 -o /app/hello hello.c
+
+FROM scratch
+COPY --from=builder /app/hello /app/hello
+CMD ["/app/hello"]
+"#;
+
+const HELLO_C: &str = r#"#include <stdio.h>
+
+int main(void) {
+    printf("hello from a multi-stage build\n");
+    return 0;
+}
+"#;
+
+/// The Debian image fixture and a .deb set are there (else: skip, or fail in CI).
+fn have_debian_and(debs: &str) -> bool {
+    let have = Path::new(DEBIAN_TAR).exists()
+        && std::fs::read_dir(debs).is_ok_and(|mut d| d.next().is_some());
+    if !have || !have_runtime_and_busybox() {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "the fixtures {DEBIAN_TAR} and {debs} are missing (scripts/test.sh fetches them)"
+        );
+        eprintln!(
+            "skipped: needs {DEBIAN_TAR} and {debs} (scripts/fixtures/debian-rootfs.sh, \
+             scripts/fixtures/build-debs.sh)"
+        );
+        return false;
+    }
+    true
+}
+
+/// A store with the Debian image as `debian:bookworm` and a context dir holding `debs/` (the
+/// .deb files of the set), `file` and the Dockerfile.
+fn debian_context(debs: &str, dockerfile: &str, file: (&str, &str)) -> (TestEnv, PathBuf) {
+    let env = TestEnv::new();
+    env.ok(&["import", DEBIAN_TAR, "debian:bookworm"]);
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(ctx.join("debs")).unwrap();
+    for e in std::fs::read_dir(debs).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".deb") {
+            std::fs::copy(e.path(), ctx.join("debs").join(e.file_name())).unwrap();
+        }
+    }
+    write(&ctx, "Dockerfile", dockerfile);
+    write(&ctx, file.0, file.1);
+    (env, ctx)
+}
+
+/// Entry names of a layer tar (`strata layer export`), without a trailing `/`, sorted.
+fn layer_names(env: &TestEnv, diff_id: &str) -> Vec<String> {
+    let out = env.path(&format!("layer-{}.tar", &diff_id[7..19]));
+    env.ok(&["layer", "export", diff_id, "-o", out.to_str().unwrap()]);
+    tar_names(&std::fs::read(out).unwrap())
+}
+
+/// Entry names of a tar, without `./` or a trailing `/`, the root left out, sorted.
+fn tar_names(data: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(data);
+    let mut names: Vec<String> = a
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path().unwrap().to_string_lossy().into_owned();
+            p.trim_start_matches("./").trim_end_matches('/').to_owned()
+        })
+        .filter(|p| !p.is_empty() && p != ".")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn rootless_build_seed_c_multi_stage_final_image_holds_only_the_binary() {
+    if !have_debian_and(GCC_DEBS) {
+        return;
+    }
+    let (env, ctx) = debian_context(GCC_DEBS, C_MULTI_STAGE, ("hello.c", HELLO_C));
+    let (id1, err) = build_ok(&env, &ctx, &["-t", "hello"]);
+    assert!(err.contains("STEP 9/9: CMD"), "{err}");
+    assert_eq!(
+        run_out(&env, &["hello"]),
+        "hello from a multi-stage build\n"
+    );
+    let j = inspect(&env, "hello");
+    assert_eq!(j["config"]["Cmd"], serde_json::json!(["/app/hello"]));
+    // FROM scratch + one COPY: a single layer, holding /app and /app/hello only.
+    let diff_ids = j["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.len(), 1, "{j}");
+    assert_eq!(
+        layer_names(&env, diff_ids[0].as_str().unwrap()),
+        ["app", "app/hello"]
+    );
+    let hist = j["history"].as_array().unwrap();
+    assert_eq!(
+        hist[0]["created_by"],
+        "COPY --from=builder /app/hello /app/hello # buildkit"
+    );
+    // Only the final stage is an image with a name; the builder stage left no tag.
+    let images = env.json(&["images"]);
+    let images = images.as_array().unwrap();
+    assert_eq!(images.len(), 2, "no intermediate image is left: {images:?}");
+    let tags: Vec<String> = images
+        .iter()
+        .flat_map(|i| i["repo_tags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(tags.len(), 2, "debian:bookworm and hello only: {tags:?}");
+    // Fully cached rebuild: every step but the two FROMs cached, the same image.
+    let (id2, err) = build_ok(&env, &ctx, &["-t", "hello"]);
+    assert_eq!(id1, id2);
+    assert_eq!(
+        cached_steps(&err),
+        [false, true, true, true, true, true, false, true, true],
+        "{err}"
+    );
+    // A changed source rebuilds the compile and the final COPY, not the gcc install.
+    write(&ctx, "hello.c", &HELLO_C.replace("multi-stage", "changed"));
+    let (_, err) = build_ok(&env, &ctx, &["-t", "hello"]);
+    assert_eq!(
+        cached_steps(&err),
+        [false, true, true, true, false, false, false, false, false],
+        "{err}"
+    );
+    assert_eq!(run_out(&env, &["hello"]), "hello from a changed build\n");
+    no_containers_or_mounts(&env);
+    env.fsck_clean();
+}
+
+/// `buildah` with its own vfs store under `dir`.
+fn buildah(dir: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new("buildah")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("runroot"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "buildah {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Builds the context with strata and with `buildah bud` (vfs, chroot isolation; the base image
+/// comes from `strata save`), and compares the paths of the two final rootfs: strata's from
+/// `strata export` of a container of the image, buildah's from `buildah mount`. Returns strata's
+/// list.
+fn same_files_as_buildah(env: &TestEnv, ctx: &Path) -> Vec<String> {
+    build_ok(env, ctx, &["-t", "cmp"]);
+    env.ok(&["container", "create", "--name", "cmp", "cmp"]);
+    let rootfs = env.path("rootfs.tar");
+    env.ok(&["export", "cmp", "-o", rootfs.to_str().unwrap()]);
+    env.ok(&["rm", "cmp"]);
+    let ours = tar_names(&std::fs::read(&rootfs).unwrap());
+
+    let base = env.path("debian.tar");
+    env.ok(&["save", "-o", base.to_str().unwrap(), "debian:bookworm"]);
+    let dir = env.path("buildah");
+    buildah(
+        &dir,
+        &["pull", "-q", &format!("docker-archive:{}", base.display())],
+    );
+    buildah(
+        &dir,
+        &[
+            "bud",
+            "--isolation",
+            "chroot",
+            "--pull-never",
+            "-t",
+            "cmp",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let c = buildah(&dir, &["from", "--pull-never", "cmp"]);
+    let mnt = PathBuf::from(buildah(&dir, &["mount", &c]));
+    let found = std::process::Command::new("find")
+        .args([".", "-mindepth", "1"])
+        .current_dir(&mnt)
+        .output()
+        .unwrap();
+    assert!(found.status.success());
+    let mut theirs: Vec<String> = String::from_utf8(found.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("./").to_owned())
+        .collect();
+    theirs.sort();
+    let only_ours: Vec<&String> = ours.iter().filter(|p| !theirs.contains(p)).collect();
+    let only_theirs: Vec<&String> = theirs.iter().filter(|p| !ours.contains(p)).collect();
+    // buildah's chroot isolation leaves the empty mount point it made for /etc/hosts in the image
+    // (the base has none); strata drops such runtime mount points, as BuildKit does.
+    for p in &only_theirs {
+        let meta = std::fs::symlink_metadata(mnt.join(p)).unwrap();
+        assert!(
+            p.as_str() == "etc/hosts" && meta.is_file() && meta.len() == 0,
+            "only in buildah's rootfs: {only_theirs:?}"
+        );
+    }
+    assert!(
+        only_ours.is_empty(),
+        "only in strata's rootfs: {only_ours:?}"
+    );
+    buildah(&dir, &["rm", "--all"]);
+    ours
+}
+
+/// buildah is there and we are root (its vfs store and chroot isolation need no more).
+fn have_buildah_as_root() -> bool {
+    let have = std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strata::is_root() {
+        eprintln!("skipped: the buildah comparison runs as root");
+        return false;
+    }
+    if !have {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "buildah is missing (scripts/test.sh installs it)"
+        );
+        eprintln!("skipped: needs buildah");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn build_seed_c_multi_stage_has_the_same_files_as_buildah_bud() {
+    if !have_buildah_as_root() || !have_debian_and(GCC_DEBS) {
+        return;
+    }
+    let (env, ctx) = debian_context(GCC_DEBS, C_MULTI_STAGE, ("hello.c", HELLO_C));
+    assert_eq!(same_files_as_buildah(&env, &ctx), ["app", "app/hello"]);
+    no_containers_or_mounts(&env);
+}
+
+#[test]
+fn build_seed_python_app_has_the_same_files_as_buildah_bud() {
+    if !have_buildah_as_root() || !have_debian_and(PYTHON_DEBS) {
+        return;
+    }
+    let (env, ctx) = debian_context(PYTHON_DEBS, PYTHON_APP, ("main.py", "print('hello')\n"));
+    let files = same_files_as_buildah(&env, &ctx);
+    for p in ["app/main.py", "usr/bin/python3.11", "etc/resolv.conf"] {
+        assert!(files.iter().any(|f| f == p), "{p} is in the image");
+    }
+    assert!(
+        !files.iter().any(|f| f.starts_with("tmp/debs")),
+        "the .debs were removed"
+    );
+    no_containers_or_mounts(&env);
+}
