@@ -77,6 +77,7 @@ for i in $(seq 1 "$COLD"); do
     t0=$(now); id=$(S "$i" build -t python-app "$CTX" 2>"$WORK/s-cold.log") ||
         { cat "$WORK/s-cold.log" >&2; die "strata build failed"; }
     s_cold+=("$(secs "$t0" "$(now)")")
+    ((i == 1)) && id1=$id
     [[ $(S "$i" run --rm python-app) == "hello from main.py, python 3" ]] || die "strata's image does not run main.py"
 
     B "$i" pull -q "docker-archive:$WORK/debian.tar" >/dev/null
@@ -97,7 +98,7 @@ done
 for _ in $(seq 1 "$CACHED"); do
     t0=$(now); id2=$(S 1 build -t python-app "$CTX" 2>"$WORK/s-cached.log")
     s_cached+=("$(secs "$t0" "$(now)")")
-    [[ $id2 == "$id" ]] || die "the cached rebuild gave $id2, the cold build $id"
+    [[ $id2 == "$id1" ]] || die "the cached rebuild gave $id2, the cold build $id1"
     # Every step but FROM answered by the cache.
     [[ $(grep -c '^--> CACHED' "$WORK/s-cached.log") == $(($(grep -c '^STEP ' "$WORK/s-cached.log") - 1)) ]] ||
         die "strata's rebuild was not fully cached: $(cat "$WORK/s-cached.log")"
