@@ -8,6 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::objects::{IN_MEMORY_LIMIT, LargeObject, Staging};
 use crate::store::Store;
 use crate::tarfmt::{EntryKind, Next, TarEntry, TarReader, split_parent};
 
@@ -115,18 +116,130 @@ pub fn decompress<'a>(input: impl Read + 'a) -> Result<(Box<dyn Read + 'a>, Comp
     Ok((Box::new(br), Compression::None))
 }
 
-/// A reader that hashes everything read through it.
-struct HashingReader<R> {
+/// Bytes per chunk handed to the hashing thread.
+const HASH_CHUNK: usize = 256 << 10;
+/// Chunks queued for the hashing thread before the reader waits for it.
+const HASH_DEPTH: usize = 8;
+
+/// A reader that hands every chunk it reads to a hashing thread (one SHA-256 pass over the
+/// whole stream, the DiffID, then runs on the second core instead of the ingesting thread).
+/// Chunks go back to the reader once hashed, so nothing is allocated per chunk.
+struct OffloadHashReader<R> {
     inner: R,
-    hasher: Hasher,
+    cur: std::sync::Arc<Vec<u8>>,
+    pos: usize,
     count: u64,
+    /// A read error met after some bytes of a chunk: returned after those bytes.
+    pending_err: Option<std::io::Error>,
+    eof: bool,
+    tx: Option<crossbeam_channel::Sender<std::sync::Arc<Vec<u8>>>>,
+    free: crossbeam_channel::Receiver<std::sync::Arc<Vec<u8>>>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+impl<R: Read> OffloadHashReader<R> {
+    /// Starts the hashing thread in `scope`; its handle yields the digest once the reader is
+    /// dropped or [`OffloadHashReader::finish`]ed.
+    fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        inner: R,
+    ) -> (
+        OffloadHashReader<R>,
+        std::thread::ScopedJoinHandle<'scope, Digest>,
+    ) {
+        let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(HASH_DEPTH);
+        let (back, free) = crossbeam_channel::unbounded();
+        let handle = scope.spawn(move || {
+            let mut h = Hasher::new();
+            for chunk in rx {
+                h.update(&chunk);
+                let _ = back.send(chunk); // the reader may be gone (an error): fine
+            }
+            h.finish()
+        });
+        let r = OffloadHashReader {
+            inner,
+            cur: std::sync::Arc::new(Vec::new()),
+            pos: 0,
+            count: 0,
+            pending_err: None,
+            eof: false,
+            tx: Some(tx),
+            free,
+        };
+        (r, handle)
+    }
+
+    /// Reads the next chunk and queues it for hashing; false at the end of the stream.
+    fn refill(&mut self) -> std::io::Result<bool> {
+        if let Some(e) = self.pending_err.take() {
+            return Err(e);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        // Drop our reference first so a chunk coming back is ours alone.
+        self.cur = std::sync::Arc::new(Vec::new());
+        self.pos = 0;
+        let mut buf = loop {
+            match self.free.try_recv() {
+                Ok(a) => {
+                    if let Ok(v) = std::sync::Arc::try_unwrap(a) {
+                        break v;
+                    }
+                }
+                Err(_) => break vec![0u8; HASH_CHUNK],
+            }
+        };
+        buf.resize(HASH_CHUNK, 0);
+        let mut n = 0;
+        // Fill most of the chunk (decoders return short reads) so the hand-off is amortised.
+        while n < HASH_CHUNK / 2 {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if n == 0 => return Err(e),
+                Err(e) => {
+                    self.pending_err = Some(e);
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        buf.truncate(n);
         self.count += n as u64;
+        let chunk = std::sync::Arc::new(buf);
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(chunk.clone()).is_ok());
+        if !sent {
+            return Err(std::io::Error::other("the layer hashing thread stopped"));
+        }
+        self.cur = chunk;
+        Ok(true)
+    }
+
+    /// Ends the stream: the hashing thread finishes once this returns. Returns the bytes read.
+    fn finish(mut self) -> u64 {
+        self.tx = None;
+        self.count
+    }
+}
+
+impl<R: Read> Read for OffloadHashReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.cur.len() && !self.refill()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -148,6 +261,70 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Contents queued for the object writer before the parser waits for it.
+const JOB_DEPTH: usize = 8;
+/// Piece of a large content handed to the object writer.
+const PART: usize = 1 << 20;
+
+/// Work for the object writer thread of an ingest.
+enum Job {
+    /// The whole content of entry `seq` (at most [`IN_MEMORY_LIMIT`] bytes).
+    Small(usize, Vec<u8>),
+    /// A large content of entry `seq` starts; [`Job::Part`]s follow, then [`Job::End`].
+    Begin(usize),
+    /// The next bytes of the large content.
+    Part(Vec<u8>),
+    /// The large content is complete.
+    End,
+}
+
+/// The object writer: hashes each content and writes the new ones into `staging`; returns it
+/// with the digest of each entry that has content. Buffers go back through `back`.
+fn store_objects(
+    mut staging: Staging<'_>,
+    jobs: crossbeam_channel::Receiver<Job>,
+    back: crossbeam_channel::Sender<Vec<u8>>,
+) -> Result<(Staging<'_>, Vec<(usize, Digest)>)> {
+    let mut out = Vec::new();
+    let mut large: Option<(usize, LargeObject)> = None;
+    for job in jobs {
+        match job {
+            Job::Small(seq, data) => {
+                out.push((seq, staging.add_bytes(&data)?));
+                let _ = back.send(data);
+            }
+            Job::Begin(seq) => large = Some((seq, staging.begin_large()?)),
+            Job::Part(data) => {
+                if let Some((_, o)) = &mut large {
+                    o.write(&data)?;
+                }
+                let _ = back.send(data);
+            }
+            Job::End => {
+                if let Some((seq, o)) = large.take() {
+                    out.push((seq, staging.finish_large(o)?));
+                }
+            }
+        }
+    }
+    Ok((staging, out))
+}
+
+/// Reads exactly `buf.len()` content bytes of the current entry.
+fn read_full<R: Read>(tar: &mut TarReader<R>, buf: &mut [u8]) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = tar.read_content(&mut buf[done..])?;
+        if n == 0 {
+            return Err(Error::Conflict(
+                "internal: content shorter than its size".into(),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// A parsed entry plus where its content went.
@@ -254,38 +431,96 @@ impl Store {
     pub fn ingest_layer(&self, input: impl Read, expected: Option<&Digest>) -> Result<LayerInfo> {
         let _lock = self.lock_shared()?;
         let (decoded, compression) = decompress(input)?;
-        let hashing = HashingReader {
-            inner: decoded,
-            hasher: Hasher::new(),
-            count: 0,
-        };
+        std::thread::scope(|s| {
+            let (hashing, hasher) = OffloadHashReader::start(s, decoded);
+            self.ingest_tar(hashing, hasher, expected, compression)
+        })
+    }
+
+    /// The body of [`Store::ingest_layer`]: parse, store objects, commit rows. `hasher` yields
+    /// the digest of everything `hashing` read once it is finished.
+    fn ingest_tar<R: Read>(
+        &self,
+        hashing: OffloadHashReader<R>,
+        hasher: std::thread::ScopedJoinHandle<'_, Digest>,
+        expected: Option<&Digest>,
+        compression: Compression,
+    ) -> Result<LayerInfo> {
         let mut tar = TarReader::new(hashing);
-        let mut staging = self.objects().staging()?;
+        let staging = self.objects().staging()?;
         let mut rows: Vec<Row> = Vec::new();
         let mut validator = LayerValidator::default();
-        let trailer = loop {
-            let at = tar.offset();
-            match tar.next_entry()? {
-                Next::End(trailer) => break trailer,
-                Next::Entry(entry) => {
-                    validator.check(&entry, at)?;
-                    let object = if entry.size > 0 {
-                        Some(staging.add_stream(entry.size, |buf| tar.read_content(buf))?)
-                    } else {
-                        None
-                    };
-                    let pad = tar.finish_content()?;
-                    rows.push(Row {
-                        entry: *entry,
-                        object,
-                        pad,
-                    });
+        // Contents go to a worker thread that hashes them and writes the new ones to `tmp/`,
+        // while this thread parses on (and a third hashes the whole stream).
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(JOB_DEPTH);
+        let (back, free) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let (parsed, stored) = std::thread::scope(|s| {
+            let worker = s.spawn(move || store_objects(staging, rx, back));
+            let parsed = (|| -> Result<Vec<u8>> {
+                let send = |job: Job| {
+                    tx.send(job)
+                        .map_err(|_| Error::Conflict("internal: the object writer stopped".into()))
+                };
+                let buf = |n: usize| -> Vec<u8> {
+                    let mut v = free.try_recv().unwrap_or_default();
+                    v.clear();
+                    v.resize(n, 0);
+                    v
+                };
+                loop {
+                    let at = tar.offset();
+                    match tar.next_entry()? {
+                        Next::End(trailer) => return Ok(trailer),
+                        Next::Entry(entry) => {
+                            validator.check(&entry, at)?;
+                            let seq = rows.len();
+                            if entry.size > 0 && entry.size <= IN_MEMORY_LIMIT {
+                                let mut data = buf(entry.size as usize);
+                                read_full(&mut tar, &mut data)?;
+                                send(Job::Small(seq, data))?;
+                            } else if entry.size > 0 {
+                                send(Job::Begin(seq))?;
+                                let mut left = entry.size;
+                                while left > 0 {
+                                    let mut part = buf(PART.min(left as usize));
+                                    read_full(&mut tar, &mut part)?;
+                                    left -= part.len() as u64;
+                                    send(Job::Part(part))?;
+                                }
+                                send(Job::End)?;
+                            }
+                            let pad = tar.finish_content()?;
+                            rows.push(Row {
+                                entry: *entry,
+                                object: None,
+                                pad,
+                            });
+                        }
+                    }
                 }
-            }
+            })();
+            drop(tx);
+            let stored = worker.join().unwrap_or_else(|_| {
+                Err(Error::Conflict(
+                    "internal: the object writer thread panicked".into(),
+                ))
+            });
+            (parsed, stored)
+        });
+        // The worker's own error explains a stop better than the closed channel does.
+        let (trailer, (staging, objects)) = match (parsed, stored) {
+            (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+            (Ok(t), Ok(st)) => (t, st),
         };
-        let hashing = tar.into_inner();
-        let tar_size = hashing.count;
-        let diff_id = hashing.hasher.finish();
+        for (seq, d) in objects {
+            if let Some(r) = rows.get_mut(seq) {
+                r.object = Some(d);
+            }
+        }
+        let tar_size = tar.into_inner().finish();
+        let diff_id = hasher
+            .join()
+            .map_err(|_| Error::Conflict("internal: the layer hashing thread panicked".into()))?;
         if let Some(exp) = expected
             && *exp != diff_id
         {

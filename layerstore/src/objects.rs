@@ -25,7 +25,7 @@ pub const TMP_DIR: &str = "tmp";
 /// Objects are read-only: nothing may change a file whose name is its hash.
 const OBJECT_MODE: u32 = 0o444;
 /// Contents up to this size are hashed in memory first, so a duplicate is never written.
-const IN_MEMORY_LIMIT: u64 = 8 << 20;
+pub(crate) const IN_MEMORY_LIMIT: u64 = 8 << 20;
 /// Copy buffer for larger contents.
 const COPY_BUF: usize = 1 << 20;
 
@@ -120,6 +120,7 @@ impl Objects {
         Ok(Staging {
             objects: self,
             pending: Vec::new(),
+            pending_set: std::collections::HashSet::new(),
         })
     }
 
@@ -144,6 +145,8 @@ impl Objects {
 pub(crate) struct Staging<'a> {
     objects: &'a Objects,
     pending: Vec<(PathBuf, Digest)>,
+    /// The digests in `pending` (a layer of 20k files must not scan a list per file).
+    pending_set: std::collections::HashSet<Digest>,
 }
 
 impl Staging<'_> {
@@ -166,51 +169,43 @@ impl Staging<'_> {
         Ok((f, p))
     }
 
-    /// Adds `size` bytes read through `fill` (which fills a buffer and returns the count, 0 at
-    /// the end) and returns their digest. Content already in the store is not written again.
-    pub(crate) fn add_stream(
-        &mut self,
-        size: u64,
-        mut fill: impl FnMut(&mut [u8]) -> Result<usize>,
-    ) -> Result<Digest> {
-        if size <= IN_MEMORY_LIMIT {
-            let mut data = vec![0u8; size as usize];
-            let mut done = 0;
-            while done < data.len() {
-                let n = fill(&mut data[done..])?;
-                if n == 0 {
-                    break;
-                }
-                done += n;
+    /// Adds one content held in memory and returns its digest. Content already in the store
+    /// (or in this batch) is not written again.
+    pub(crate) fn add_bytes(&mut self, data: &[u8]) -> Result<Digest> {
+        let d = Digest::of(data);
+        if !self.known(&d) {
+            let (mut f, p) = self.tmp_file()?;
+            if let Err(e) = f.write_all(data) {
+                drop(f);
+                let _ = fs::remove_file(&p); // garbage: the write failed
+                return Err(Error::io("write", p, e));
             }
-            data.truncate(done);
-            let d = Digest::of(&data);
-            if !self.known(&d) {
-                let (mut f, p) = self.tmp_file()?;
-                f.write_all(&data).ctx("write", &p)?;
-                self.stage(f, p, d)?;
-            }
-            return Ok(d);
+            self.stage(f, p, d)?;
         }
-        let (mut f, p) = self.tmp_file()?;
-        let mut h = Hasher::new();
-        let mut buf = vec![0u8; COPY_BUF];
-        let copied = (|| -> Result<()> {
-            loop {
-                let n = fill(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                h.update(&buf[..n]);
-                f.write_all(&buf[..n]).ctx("write", &p)?;
-            }
-        })();
-        if let Err(e) = copied {
-            drop(f);
-            let _ = fs::remove_file(&p); // the input failed: the partial file is garbage
-            return Err(e);
-        }
-        let d = h.finish();
+        Ok(d)
+    }
+
+    /// Starts a content too large to hold in memory: it is written to `tmp/` as it comes and
+    /// hashed on the way; [`Staging::finish_large`] names it.
+    pub(crate) fn begin_large(&self) -> Result<LargeObject> {
+        let (f, p) = self.tmp_file()?;
+        Ok(LargeObject {
+            file: Some(f),
+            path: p,
+            hasher: Hasher::new(),
+        })
+    }
+
+    /// Ends a large content; returns its digest (the temp file is dropped when the content
+    /// was already stored).
+    pub(crate) fn finish_large(&mut self, mut o: LargeObject) -> Result<Digest> {
+        let d = std::mem::take(&mut o.hasher).finish();
+        let Some(f) = o.file.take() else {
+            return Err(Error::Conflict(
+                "internal: large object finished twice".into(),
+            ));
+        };
+        let p = std::mem::take(&mut o.path);
         if self.known(&d) {
             drop(f);
             fs::remove_file(&p).ctx("remove", &p)?;
@@ -221,13 +216,14 @@ impl Staging<'_> {
     }
 
     fn known(&self, d: &Digest) -> bool {
-        self.objects.contains(d) || self.pending.iter().any(|(_, p)| p == d)
+        self.pending_set.contains(d) || self.objects.contains(d)
     }
 
     fn stage(&mut self, f: File, p: PathBuf, d: Digest) -> Result<()> {
         f.set_permissions(fs::Permissions::from_mode(OBJECT_MODE))
             .ctx("chmod", &p)?;
         self.pending.push((p, d));
+        self.pending_set.insert(d);
         Ok(())
     }
 
@@ -246,8 +242,37 @@ impl Staging<'_> {
             fs::rename(tmp, &dst).ctx("rename", tmp)?;
         }
         self.pending.clear();
+        self.pending_set.clear();
         sync_fs(&self.objects.dir)?;
         Ok(())
+    }
+}
+
+/// A large object being written into `tmp/`; removed when dropped unfinished.
+#[derive(Debug)]
+pub(crate) struct LargeObject {
+    file: Option<File>,
+    path: PathBuf,
+    hasher: Hasher,
+}
+
+impl LargeObject {
+    /// Appends content bytes.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.hasher.update(data);
+        match &mut self.file {
+            Some(f) => f.write_all(data).ctx("write", &self.path),
+            None => Err(Error::Conflict("internal: write after finish".into())),
+        }
+    }
+}
+
+impl Drop for LargeObject {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            drop(f);
+            let _ = fs::remove_file(&self.path); // unfinished (an error): garbage
+        }
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use super::oci::{Descriptor, DockerManifestEntry, Index, Layout, Manifest, Sniff};
@@ -45,6 +45,8 @@ use crate::tarfmt::{EntryKind, Next, TarReader};
 const META_LIMIT: u64 = 16 << 20;
 /// How many bytes of a file are looked at to tell JSON from a layer.
 const SNIFF_LEN: usize = 512;
+/// Buffer that sniffs a layer blob's compression (larger reads pass it by).
+const SNIFF_BUF: usize = 64 << 10;
 /// Offset and value of the ustar magic in a tar header.
 const USTAR_MAGIC_AT: usize = 257;
 /// Symlinks followed inside an archive before giving up.
@@ -601,9 +603,10 @@ impl<R: Read> Read for EntryRead<'_, R> {
 }
 
 /// Hashes and counts what passes through; reports progress.
+/// Without a hasher it only counts (a plain tar: its raw digest is its DiffID).
 struct RawHash<'p, R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     count: u64,
     progress: &'p mut dyn FnMut(u64),
 }
@@ -611,7 +614,9 @@ struct RawHash<'p, R> {
 impl<R: Read> Read for RawHash<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         (self.progress)(n as u64);
         Ok(n)
@@ -721,9 +726,20 @@ impl Store {
         expected: Option<Digest>,
         progress: &mut dyn FnMut(u64),
     ) -> Ingested {
+        // A plain tar is its own DiffID: ingest hashes it already, so it is not hashed twice.
+        let mut input = io::BufReader::with_capacity(SNIFF_BUF, input);
+        let compressed = match input.fill_buf() {
+            Ok(head) => head.starts_with(GZIP_MAGIC) || head.starts_with(ZSTD_MAGIC),
+            Err(e) => {
+                return Ingested::Failed(Error::Read {
+                    what: "layer blob".into(),
+                    source: e,
+                });
+            }
+        };
         let mut raw = RawHash {
             inner: input,
-            hasher: Hasher::new(),
+            hasher: compressed.then(Hasher::new),
             count: 0,
             progress,
         };
@@ -738,10 +754,21 @@ impl Store {
             });
         }
         match res {
-            Ok(info) => Ingested::Layer {
-                info,
-                raw: raw.hasher.finish(),
-            },
+            Ok(info) => {
+                let raw = match raw.hasher {
+                    Some(h) => h.finish(),
+                    // Everything after the tar's end blocks is part of the trailer, so the
+                    // DiffID covers the whole blob; the size check makes sure of it.
+                    None if raw.count == info.tar_size => info.diff_id,
+                    None => {
+                        return Ingested::Failed(Error::Conflict(format!(
+                            "internal: the layer blob has {} bytes, its tar {}",
+                            raw.count, info.tar_size
+                        )));
+                    }
+                };
+                Ingested::Layer { info, raw }
+            }
             Err(e) => Ingested::Failed(e),
         }
     }
