@@ -327,3 +327,31 @@ fn slow_mount_debian_and_chroot() {
         "{text}"
     );
 }
+
+#[test]
+fn rootless_image_mount_with_an_upper_dir_is_writable() {
+    if skip_without_fuse() {
+        return;
+    }
+    let env = TestEnv::new();
+    two_layer_image(&env);
+    let (up, work) = (env.path("up"), env.path("work"));
+    fs::create_dir_all(&up).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let mnt = env.path("mnt");
+    let m = StrataMount::start(
+        &env,
+        &[
+            "mount",
+            "layered:1",
+            "--upper",
+            up.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+        ],
+        &mnt,
+    );
+    fs::write(mnt.join("etc/a"), b"written").unwrap();
+    m.umount_with_cli(&env);
+    assert_eq!(fs::read(up.join("etc/a")).unwrap(), b"written");
+}

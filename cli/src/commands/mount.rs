@@ -69,14 +69,22 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         Some(name) => {
             let store = g.store()?;
             let img = store.resolve_image(&name)?;
-            let mnt = check_mountpoint(&mnt, &[store.root()])?;
+            let mut dirs = vec![store.root()];
+            dirs.extend(a.upper.as_deref());
+            dirs.extend(a.work.as_deref());
+            let mnt = check_mountpoint(&mnt, &dirs)?;
             if !a.foreground {
                 drop(store);
                 return spawn_background(&crate::union::run_dir(&g.root))
                     .map(|()| ExitCode::SUCCESS);
             }
             let lowers = image_lowers(&store, &img)?;
-            (lowers, None, img.id.to_string(), mnt)
+            let upper = a
+                .upper
+                .clone()
+                .zip(a.work.clone())
+                .map(|(upper, work)| UpperDirs { upper, work });
+            (lowers, upper, img.id.to_string(), mnt)
         }
         None => {
             let dirs: Vec<PathBuf> = a
