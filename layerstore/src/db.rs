@@ -124,6 +124,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX build_cache_diff_id ON build_cache(diff_id);
     "#,
+    // 5: a covering index of everything but the raw headers, so loading a layer's entries for
+    // a mount reads a few MB instead of every header block (the rows hold them inline).
+    r#"
+    CREATE INDEX layer_entries_meta ON layer_entries(
+        layer, seq, path, kind, mode, uid, gid, mtime, mtime_nsec, size, link,
+        dev_major, dev_minor, object
+    );
+    "#,
 ];
 
 /// Newest schema version this build knows.
