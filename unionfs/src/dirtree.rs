@@ -10,10 +10,12 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
+use rustix::fs::{AtFlags, CWD};
 
 use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId, bad_node};
 use crate::xattr;
@@ -75,6 +77,43 @@ struct Interner {
     by_inode: HashMap<(u64, u64), NodeId>,
     /// Opacity of directories, read once (the tree never changes while mounted).
     opaque: HashMap<NodeId, bool>,
+    /// `stat` results (without `opaque`), read once.
+    attrs: HashMap<NodeId, LowerAttr>,
+    /// Directories read whole (entries and attributes), on first use.
+    dirs: HashMap<NodeId, Arc<DirIndex>>,
+}
+
+/// One directory of the tree, read once: lookups and listings are answered from memory.
+#[derive(Debug)]
+struct DirIndex {
+    listing: DirListing,
+    by_name: HashMap<OsString, usize>,
+}
+
+fn lower_attr(st: &rustix::fs::Stat) -> LowerAttr {
+    let fmt = st.st_mode & libc::S_IFMT;
+    let kind = match fmt {
+        libc::S_IFDIR => EntryKind::Dir,
+        libc::S_IFLNK => EntryKind::Symlink,
+        libc::S_IFCHR if st.st_rdev == 0 => EntryKind::Whiteout,
+        libc::S_IFCHR => EntryKind::CharDev,
+        libc::S_IFBLK => EntryKind::BlockDev,
+        libc::S_IFIFO => EntryKind::Fifo,
+        libc::S_IFSOCK => EntryKind::Socket,
+        _ => EntryKind::File,
+    };
+    LowerAttr {
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        rdev: st.st_rdev,
+        mtime: st.st_mtime,
+        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        opaque: false,
+    }
 }
 
 /// A lower tree over a plain directory on disk.
@@ -175,6 +214,94 @@ impl DirTree {
         o
     }
 
+    /// The node of `rel` with its `stat`: hard links (nlink > 1, not dirs) share one node.
+    fn intern_stat(&self, rel: PathBuf, st: &rustix::fs::Stat) -> NodeId {
+        let key = (st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1)
+            .then_some((st.st_dev, st.st_ino));
+        let mut n = self.nodes.write();
+        if let Some(id) = key.and_then(|k| n.by_inode.get(&k)) {
+            return *id;
+        }
+        let id = match n.by_path.get(&rel) {
+            Some(&id) => id,
+            None => {
+                let id = NodeId(n.paths.len() as u64);
+                n.paths.push(rel.clone());
+                n.by_path.insert(rel, id);
+                id
+            }
+        };
+        if let Some(k) = key {
+            n.by_inode.insert(k, id);
+        }
+        n.attrs.entry(id).or_insert_with(|| lower_attr(st));
+        id
+    }
+
+    /// The directory `dir`, read whole (every entry `stat`ed) on first use.
+    fn index(&self, dir: NodeId) -> io::Result<Arc<DirIndex>> {
+        if let Some(d) = self.nodes.read().dirs.get(&dir) {
+            return Ok(d.clone());
+        }
+        let rel = self.rel(dir)?;
+        let abs = self.root.join(&rel);
+        let dirfd = rustix::fs::open(
+            &abs,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let mut real: HashMap<OsString, DirEntry> = HashMap::new();
+        let mut whiteouts: Vec<DirEntry> = Vec::new();
+        let mut opaque = false;
+        for de in std::fs::read_dir(&abs)? {
+            let de = de?;
+            let name = de.file_name();
+            if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+                opaque = true;
+                continue;
+            }
+            if let Some(target) = whiteout_target(&name) {
+                whiteouts.push(self.whiteout(&rel, target));
+                continue;
+            }
+            let st = match rustix::fs::statat(&dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let attr = lower_attr(&st);
+            let entry = if attr.kind == EntryKind::Whiteout {
+                self.whiteout(&rel, &name)
+            } else {
+                DirEntry {
+                    name: name.clone(),
+                    node: self.intern_stat(rel.join(&name), &st),
+                    kind: attr.kind,
+                }
+            };
+            real.insert(name, entry);
+        }
+        for w in whiteouts {
+            // A layer's own entry wins over its own whiteout of the same name.
+            real.entry(w.name.clone()).or_insert(w);
+        }
+        let mut entries: Vec<DirEntry> = real.into_values().collect();
+        entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let opaque = opaque || self.is_opaque(dir, &abs);
+        let by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        let d = Arc::new(DirIndex {
+            listing: DirListing { entries, opaque },
+            by_name,
+        });
+        Ok(self.nodes.write().dirs.entry(dir).or_insert(d).clone())
+    }
+
     /// A whiteout entry for `name` in the directory `rel` (its node is the whiteout itself).
     fn whiteout(&self, rel: &Path, name: &OsStr) -> DirEntry {
         DirEntry {
@@ -203,106 +330,34 @@ impl LowerTree for DirTree {
         if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return Ok(None); // the spelling of a marker, never a name
         }
-        let rel = self.rel(parent)?;
-        let dir = self.root.join(&rel);
-        match dir.join(name).symlink_metadata() {
-            Ok(md) => {
-                let kind = kind_of(&md);
-                if kind == EntryKind::Whiteout {
-                    return Ok(Some(self.whiteout(&rel, name)));
-                }
-                let node = self.intern(rel.join(name), Some(&md));
-                Ok(Some(DirEntry {
-                    name: name.to_owned(),
-                    node,
-                    kind,
-                }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut wh = OsString::from(WHITEOUT_PREFIX);
-                wh.push(name);
-                match dir.join(&wh).symlink_metadata() {
-                    Ok(_) => Ok(Some(self.whiteout(&rel, name))),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        let d = self.index(parent)?;
+        Ok(d.by_name.get(name).map(|&i| d.listing.entries[i].clone()))
     }
 
     fn read_dir(&self, dir: NodeId) -> io::Result<DirListing> {
-        let rel = self.rel(dir)?;
-        let abs = self.root.join(&rel);
-        let mut real: HashMap<OsString, DirEntry> = HashMap::new();
-        let mut whiteouts: Vec<DirEntry> = Vec::new();
-        let mut opaque = false;
-        for de in std::fs::read_dir(&abs)? {
-            let de = de?;
-            let name = de.file_name();
-            if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
-                opaque = true;
-                continue;
-            }
-            if let Some(target) = whiteout_target(&name) {
-                whiteouts.push(self.whiteout(&rel, target));
-                continue;
-            }
-            // d_type is enough, except for char devices (0/0 is a whiteout).
-            let ft = de.file_type()?;
-            let kind = if ft.is_char_device() {
-                kind_of(&de.path().symlink_metadata()?)
-            } else if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_symlink() {
-                EntryKind::Symlink
-            } else if ft.is_block_device() {
-                EntryKind::BlockDev
-            } else if ft.is_fifo() {
-                EntryKind::Fifo
-            } else if ft.is_socket() {
-                EntryKind::Socket
-            } else {
-                EntryKind::File
-            };
-            let entry = if kind == EntryKind::Whiteout {
-                self.whiteout(&rel, &name)
-            } else {
-                DirEntry {
-                    name: name.clone(),
-                    node: self.intern(rel.join(&name), None),
-                    kind,
-                }
-            };
-            real.insert(name, entry);
-        }
-        for w in whiteouts {
-            // A layer's own entry wins over its own whiteout of the same name.
-            real.entry(w.name.clone()).or_insert(w);
-        }
-        let mut entries: Vec<DirEntry> = real.into_values().collect();
-        entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        opaque = opaque || self.is_opaque(dir, &abs);
-        Ok(DirListing { entries, opaque })
+        Ok(self.index(dir)?.listing.clone())
     }
 
     fn getattr(&self, node: NodeId) -> io::Result<LowerAttr> {
-        let abs = self.abs(node)?;
-        let md = abs.symlink_metadata()?;
-        let kind = kind_of(&md);
-        let opaque = kind == EntryKind::Dir && self.is_opaque(node, &abs);
-        Ok(LowerAttr {
-            kind,
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            size: md.size(),
-            nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
-            rdev: md.rdev(),
-            mtime: md.mtime(),
-            mtime_nsec: u32::try_from(md.mtime_nsec()).unwrap_or(0),
-            opaque,
-        })
+        let cached = self.nodes.read().attrs.get(&node).cloned();
+        let mut attr = match cached {
+            Some(a) => a,
+            None => {
+                let abs = self.abs(node)?;
+                let st = rustix::fs::statat(CWD, &abs, AtFlags::SYMLINK_NOFOLLOW)?;
+                let a = lower_attr(&st);
+                self.nodes.write().attrs.insert(node, a.clone());
+                a
+            }
+        };
+        if attr.kind == EntryKind::Dir {
+            let known = self.nodes.read().opaque.get(&node).copied();
+            attr.opaque = match known {
+                Some(o) => o,
+                None => self.is_opaque(node, &self.abs(node)?),
+            };
+        }
+        Ok(attr)
     }
 
     fn readlink(&self, node: NodeId) -> io::Result<OsString> {

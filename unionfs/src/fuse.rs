@@ -139,6 +139,45 @@ impl FuseAdapter {
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&e.attr), Generation(0));
     }
 
+    /// Counts an open handle of `ino` and decides its I/O mode: the inode's current mode, or for
+    /// its first handle passthrough when the union can give a backing file (`open_backing`
+    /// registers it with the kernel).
+    fn register_open(
+        &self,
+        ino: u64,
+        fh: Fh,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut b = self.backing.lock();
+        b.by_fh.insert(fh.0, ino);
+        match b.by_ino.get_mut(&ino) {
+            Some(IoMode::Cached(n)) => {
+                *n += 1;
+                None
+            }
+            Some(IoMode::Passthrough(id, n)) => {
+                *n += 1;
+                Some(id.clone())
+            }
+            None => {
+                let id = match self.fs.backing_file(fh).map(|f| open_backing(&f)) {
+                    Some(Ok(id)) => Some(Arc::new(id)),
+                    Some(Err(e)) => {
+                        log::debug!("passthrough refused for ino {ino}: {e}");
+                        None
+                    }
+                    None => None,
+                };
+                let mode = match &id {
+                    Some(id) => IoMode::Passthrough(id.clone(), 1),
+                    None => IoMode::Cached(1),
+                };
+                b.by_ino.insert(ino, mode);
+                id
+            }
+        }
+    }
+
     fn attr_ttl(&self) -> Duration {
         self.opts.attr_ttl
     }
@@ -344,35 +383,7 @@ impl Filesystem for FuseAdapter {
         if !self.passthrough {
             return reply.opened(FileHandle(fh.0), cache);
         }
-        let mut b = self.backing.lock();
-        b.by_fh.insert(fh.0, ino.0);
-        let id = match b.by_ino.get_mut(&ino.0) {
-            Some(IoMode::Cached(n)) => {
-                *n += 1;
-                None
-            }
-            Some(IoMode::Passthrough(id, n)) => {
-                *n += 1;
-                Some(id.clone())
-            }
-            None => {
-                let id = match self.fs.backing_file(fh).map(|f| reply.open_backing(&f)) {
-                    Some(Ok(id)) => Some(Arc::new(id)),
-                    Some(Err(e)) => {
-                        log::debug!("passthrough refused for ino {}: {e}", ino.0);
-                        None
-                    }
-                    None => None,
-                };
-                let mode = match &id {
-                    Some(id) => IoMode::Passthrough(id.clone(), 1),
-                    None => IoMode::Cached(1),
-                };
-                b.by_ino.insert(ino.0, mode);
-                id
-            }
-        };
-        drop(b);
+        let id = self.register_open(ino.0, fh, |f| reply.open_backing(f));
         match id {
             Some(id) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id),
             None => reply.opened(FileHandle(fh.0), cache),
@@ -517,16 +528,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(Fh(fh.0), offset) {
-            Ok(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let next = offset + i as u64 + 1;
-                    if reply.add(INodeNo(item.ino.0), next, file_type(item.kind), &item.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let r = self.fs.readdir_with(Fh(fh.0), offset, |next, item| {
+            !reply.add(INodeNo(item.ino.0), next, file_type(item.kind), &item.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdir", ino.0, &e)),
         }
     }
@@ -539,12 +545,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let items = match self.fs.readdir(Fh(fh.0), offset) {
-            Ok(items) => items,
-            Err(e) => return reply.error(errno("readdirplus", ino.0, &e)),
-        };
-        for (i, item) in items.iter().enumerate() {
-            let next = offset + i as u64 + 1;
+        let mut first = true;
+        let mut failed = None;
+        let r = self.fs.readdir_with(Fh(fh.0), offset, |next, item| {
+            let i = usize::from(!std::mem::replace(&mut first, false));
             let dot = item.name == "." || item.name == "..";
             // "." and ".." carry no kernel reference; every other entry counts one lookup.
             let entry = if dot {
@@ -557,9 +561,13 @@ impl Filesystem for FuseAdapter {
             };
             let e = match entry {
                 Ok(e) => e,
-                Err(e) if i == 0 => return reply.error(errno("readdirplus", ino.0, &e)),
-                // Gone since opendir: stop here; the next call starts at this offset.
-                Err(_) => break,
+                Err(e) => {
+                    if i == 0 {
+                        failed = Some(e);
+                    }
+                    // Gone since opendir: stop here; the next call starts at this offset.
+                    return false;
+                }
             };
             let ttl = if e.immutable {
                 self.opts.lower_ttl
@@ -574,14 +582,15 @@ impl Filesystem for FuseAdapter {
                 &file_attr(&e.attr),
                 Generation(0),
             );
-            if full {
-                if !dot {
-                    self.fs.forget(e.attr.ino, 1);
-                }
-                break;
+            if full && !dot {
+                self.fs.forget(e.attr.ino, 1);
             }
+            !full
+        });
+        match (r, failed) {
+            (Err(e), _) | (Ok(()), Some(e)) => reply.error(errno("readdirplus", ino.0, &e)),
+            (Ok(()), None) => reply.ok(),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -682,20 +691,35 @@ impl Filesystem for FuseAdapter {
             .create(Ino(parent.0), name, mode, umask, flags, caller(req))
         {
             Ok((e, fh)) => {
-                if self.passthrough {
-                    let mut b = self.backing.lock();
-                    b.by_fh.insert(fh.0, e.attr.ino.0);
-                    match b.by_ino.entry(e.attr.ino.0).or_insert(IoMode::Cached(0)) {
-                        IoMode::Cached(n) | IoMode::Passthrough(_, n) => *n += 1,
-                    }
+                // Writes to a new file go straight to its upper file (no WRITE round trips).
+                let id = if self.passthrough {
+                    self.register_open(e.attr.ino.0, fh, |f| reply.open_backing(f))
+                } else {
+                    None
+                };
+                let ttl = if e.immutable {
+                    self.opts.lower_ttl
+                } else {
+                    self.opts.entry_ttl
+                };
+                let attr = file_attr(&e.attr);
+                match id {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh.0),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh.0),
+                        FopenFlags::empty(),
+                    ),
                 }
-                reply.created(
-                    &self.opts.entry_ttl,
-                    &file_attr(&e.attr),
-                    Generation(0),
-                    FileHandle(fh.0),
-                    FopenFlags::empty(),
-                )
             }
             Err(e) => reply.error(errno("create", parent.0, &e)),
         }

@@ -105,11 +105,38 @@ impl NodeVec {
     }
 }
 
+/// `(parent, name) -> inode`, as one map per parent directory.
+#[derive(Debug, Default)]
+struct Children(HashMap<Ino, HashMap<OsString, Ino>>);
+
+impl Children {
+    fn get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.0.get(&parent)?.get(name).copied()
+    }
+
+    fn insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        self.0
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), ino);
+    }
+
+    fn remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let m = self.0.get_mut(&parent)?;
+        let ino = m.remove(name);
+        if m.is_empty() {
+            self.0.remove(&parent);
+        }
+        ino
+    }
+}
+
 /// All inodes. Guarded by one `RwLock` in `UnionFs`, held only for map operations, never I/O.
 #[derive(Debug, Default)]
 pub(crate) struct InodeTable {
     nodes: NodeVec,
-    children: HashMap<(Ino, OsString), Ino>,
+    /// Names per directory (nested, so a lookup by `&OsStr` allocates nothing).
+    children: Children,
     /// Lower file (layer, node) → inode, so hard links of a layer share one inode.
     origins: HashMap<LowerRef, Ino>,
     next: u64,
@@ -180,7 +207,7 @@ impl InodeTable {
     }
 
     pub(crate) fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.children.get(&(parent, name.to_owned())).copied()
+        self.children.get(parent, name)
     }
 
     /// The inode for `parent/name`: the existing one, the one of a hard-linked `origin`, or a
@@ -207,7 +234,7 @@ impl InodeTable {
                         if let Some(n) = self.nodes.get_mut(&ino) {
                             n.unlinked = true;
                         }
-                        self.children.remove(&(parent, name.to_owned()));
+                        self.children.remove(parent, name);
                         return self.attach(parent, name, kind, origin);
                     }
                     Some(_) => {}
@@ -228,14 +255,14 @@ impl InodeTable {
             } else if !(n.parent == parent && n.name == name) {
                 n.aliases.push((parent, name.to_owned()));
             }
-            self.children.insert((parent, name.to_owned()), ino);
+            self.children.insert(parent, name, ino);
             return ino;
         }
         let ino = Ino(self.next);
         self.next += 1;
         self.nodes
             .insert(ino, NodeState::new(parent, name.to_owned(), kind));
-        self.children.insert((parent, name.to_owned()), ino);
+        self.children.insert(parent, name, ino);
         if let Some(o) = origin {
             self.origins.insert(o, ino);
         }
@@ -245,7 +272,7 @@ impl InodeTable {
     /// Removes the name `parent/name`; returns its inode. The inode stays in the table (open
     /// handles, stable numbers) and is marked unlinked when it has no name left.
     pub(crate) fn detach(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        let ino = self.children.remove(&(parent, name.to_owned()))?;
+        let ino = self.children.remove(parent, name)?;
         if let Some(n) = self.nodes.get_mut(&ino) {
             if n.parent == parent && n.name == name {
                 if let Some((p, nm)) = n.aliases.pop() {
@@ -266,10 +293,10 @@ impl InodeTable {
 
     /// Moves the name `parent/name` to `new_parent/new_name` (which must be free).
     pub(crate) fn rename(&mut self, parent: Ino, name: &OsStr, new_parent: Ino, new_name: &OsStr) {
-        let Some(ino) = self.children.remove(&(parent, name.to_owned())) else {
+        let Some(ino) = self.children.remove(parent, name) else {
             return;
         };
-        self.children.insert((new_parent, new_name.to_owned()), ino);
+        self.children.insert(new_parent, new_name, ino);
         if let Some(n) = self.nodes.get_mut(&ino) {
             if n.parent == parent && n.name == name {
                 n.parent = new_parent;
@@ -294,13 +321,13 @@ impl InodeTable {
         let mut n = NodeState::new(parent, name.to_owned(), kind);
         n.reserved = true;
         self.nodes.insert(ino, n);
-        self.children.insert((parent, name.to_owned()), ino);
+        self.children.insert(parent, name, ino);
         ino
     }
 
     /// Adds a second name to an existing inode (hard link).
     pub(crate) fn add_alias(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
-        self.children.insert((parent, name.to_owned()), ino);
+        self.children.insert(parent, name, ino);
         if let Some(n) = self.nodes.get_mut(&ino) {
             if n.unlinked {
                 n.parent = parent;

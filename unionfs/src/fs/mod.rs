@@ -129,7 +129,7 @@ pub struct Caller {
 enum HandleData {
     Upper(File),
     Lower { lower: LowerRef, file: Option<File> },
-    Dir(Vec<DirItem>),
+    Dir(Arc<[DirItem]>),
 }
 
 #[derive(Debug)]
@@ -179,6 +179,10 @@ pub struct UnionFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     ns: RwLock<()>,
+    /// Listings (with `.` and `..`) of directories served purely from the lowers, which never
+    /// change while mounted: kept after the first `opendir`. A directory that gets an upper
+    /// copy (the only way its listing can change) is listed afresh from then on.
+    lower_listings: Mutex<HashMap<Ino, Arc<[DirItem]>>>,
     euid_root: bool,
     writeback_cache: bool,
 }
@@ -236,6 +240,7 @@ impl UnionFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ns: RwLock::new(()),
+            lower_listings: Mutex::new(HashMap::new()),
             euid_root: rustix::process::geteuid().is_root(),
             writeback_cache: options.writeback_cache,
         })
@@ -358,7 +363,8 @@ impl UnionFs {
             return Err(FsError::NotDir);
         }
         if let (Some(u), true) = (&self.upper, parent.upper) {
-            let up = u.path(ppath).join(name);
+            let updir = u.path(ppath);
+            let up = updir.join(name);
             match up.symlink_metadata() {
                 Ok(md) if is_whiteout_dev(&md) => return Ok(None),
                 Ok(md) => {
@@ -369,7 +375,7 @@ impl UnionFs {
             }
             let (lower, kind) = self.lower_child(&parent.lower, name)?;
             let Some(kind) = kind else { return Ok(None) };
-            if u.has_whiteout(ppath, name) {
+            if u.has_wh_file(&updir, name) {
                 return Ok(None);
             }
             return self.resolved_lower(lower, kind).map(Some);
@@ -551,20 +557,7 @@ impl UnionFs {
                     p.symlink_metadata().map_err(FsError::io("stat", &p))?
                 }
             };
-            let mut a = Attr {
-                ino,
-                kind: kind_of(&md),
-                size: md.size(),
-                blocks: md.blocks(),
-                perm: md.mode() & 0o7777,
-                nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
-                uid: md.uid(),
-                gid: md.gid(),
-                rdev: md.rdev(),
-                atime: time(md.atime(), md.atime_nsec()),
-                mtime: time(md.mtime(), md.mtime_nsec()),
-                ctime: time(md.ctime(), md.ctime_nsec()),
-            };
+            let mut a = attr_from_md(ino, &md);
             if s.metacopy
                 && let Some(r) = s.lower.first()
             {
@@ -663,15 +656,23 @@ impl UnionFs {
                     hidden.insert(OsStr::from_bytes(t).to_owned());
                     continue;
                 }
-                let md = e
-                    .path()
-                    .symlink_metadata()
-                    .map_err(FsError::io("stat", e.path()))?;
-                if is_whiteout_dev(&md) {
-                    hidden.insert(name);
+                // d_type tells the kind; only char devices need a stat (0/0 is a whiteout).
+                let ft = e.file_type().map_err(FsError::io("stat", e.path()))?;
+                let kind = if ft.is_dir() {
+                    EntryKind::Dir
+                } else if ft.is_file() {
+                    EntryKind::File
+                } else if ft.is_symlink() {
+                    EntryKind::Symlink
                 } else {
-                    seen.insert(name, kind_of(&md));
-                }
+                    let md = e.metadata().map_err(FsError::io("stat", e.path()))?;
+                    if is_whiteout_dev(&md) {
+                        hidden.insert(name);
+                        continue;
+                    }
+                    kind_of(&md)
+                };
+                seen.insert(name, kind);
             }
         }
         for r in &s.lower {
@@ -701,8 +702,13 @@ impl UnionFs {
     /// # Errors
     /// `NotDir`, or I/O errors while listing.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
+        let s = self.state(ino)?;
+        let lower_only = !s.upper && s.kind == EntryKind::Dir;
+        if lower_only && let Some(items) = self.lower_listings.lock().get(&ino).cloned() {
+            return Ok(self.add_handle(ino, HandleData::Dir(items)));
+        }
         let list = self.list_merged(ino)?;
-        let parent = self.state(ino)?.parent;
+        let parent = s.parent;
         let mut items = vec![
             DirItem {
                 ino,
@@ -722,7 +728,39 @@ impl UnionFs {
             items.push(DirItem { ino, kind, name });
         }
         drop(t);
+        let items: Arc<[DirItem]> = items.into();
+        if lower_only {
+            // Still lower-only now that it is listed (a concurrent copy-up would not be).
+            let t = self.table.read();
+            if t.get(ino).is_some_and(|n| !n.upper) {
+                self.lower_listings.lock().insert(ino, items.clone());
+            }
+        }
         Ok(self.add_handle(ino, HandleData::Dir(items)))
+    }
+
+    /// Calls `f` on the items of an open directory from `offset` on (item `i` has offset
+    /// `i + 1`) until it returns `false`, without copying the listing.
+    ///
+    /// # Errors
+    /// `BadHandle` for an unknown handle, `NotDir` for a file handle.
+    pub fn readdir_with(
+        &self,
+        fh: Fh,
+        offset: u64,
+        mut f: impl FnMut(u64, &DirItem) -> bool,
+    ) -> Result<()> {
+        let h = self.handle(fh)?;
+        let HandleData::Dir(items) = &h.data else {
+            return Err(FsError::NotDir);
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, item) in items.iter().enumerate().skip(start) {
+            if !f(i as u64 + 1, item) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The items of an open directory from `offset` on; item `i` has offset `i + 1`.
@@ -803,10 +841,22 @@ impl UnionFs {
     pub fn backing_file(&self, fh: Fh) -> Option<File> {
         let h = self.handle(fh).ok()?;
         match &h.data {
-            HandleData::Upper(_) => {
+            HandleData::Upper(f) => {
                 let s = self.state(h.ino).ok()?;
                 if s.metacopy || s.unlinked {
                     return None;
+                }
+                // A plain read-write fd (a new file's) serves as is: no reopen by path.
+                if let Ok(fl) = rustix::fs::fcntl_getfl(f) {
+                    let odd = rustix::fs::OFlags::APPEND
+                        | rustix::fs::OFlags::SYNC
+                        | rustix::fs::OFlags::DSYNC;
+                    if fl.contains(rustix::fs::OFlags::RDWR)
+                        && !fl.intersects(odd)
+                        && let Ok(f) = f.try_clone()
+                    {
+                        return Some(f);
+                    }
                 }
                 let p = self.upper.as_ref()?.path(&self.path_of(h.ino).ok()?);
                 std::fs::OpenOptions::new()
@@ -904,6 +954,24 @@ impl UnionFs {
             return Err(FsError::ReadOnly);
         }
         Ok(())
+    }
+}
+
+/// Attributes of an upper entry as its own `stat` reports them.
+pub(crate) fn attr_from_md(ino: Ino, md: &std::fs::Metadata) -> Attr {
+    Attr {
+        ino,
+        kind: kind_of(md),
+        size: md.size(),
+        blocks: md.blocks(),
+        perm: md.mode() & 0o7777,
+        nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
+        uid: md.uid(),
+        gid: md.gid(),
+        rdev: md.rdev(),
+        atime: time(md.atime(), md.atime_nsec()),
+        mtime: time(md.mtime(), md.mtime_nsec()),
+        ctime: time(md.ctime(), md.ctime_nsec()),
     }
 }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rustix::fs::{CWD, FileType, Mode};
+use rustix::fs::{AtFlags, CWD, FileType, Mode};
 
 use crate::dirtree::{WHITEOUT_PREFIX, is_whiteout_dev};
 use crate::error::{FsError, Result};
@@ -114,13 +114,10 @@ impl Upper {
             .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
     }
 
-    /// Whether `dir_rel/name` is hidden by a whiteout in the upper (either spelling).
-    pub(crate) fn has_whiteout(&self, dir_rel: &Path, name: &OsStr) -> bool {
-        let p = self.path(dir_rel);
-        match p.join(name).symlink_metadata() {
-            Ok(md) => is_whiteout_dev(&md),
-            Err(_) => p.join(wh_name(name)).symlink_metadata().is_ok(),
-        }
+    /// Whether `dir_rel/name` is hidden by a `.wh.NAME` whiteout file in the upper, for a name
+    /// that the upper does not have itself (the char 0/0 spelling is the name itself).
+    pub(crate) fn has_wh_file(&self, dir: &Path, name: &OsStr) -> bool {
+        rustix::fs::statat(CWD, dir.join(wh_name(name)), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// Replaces whatever is at `dir_rel/name` (nothing, a non-dir or an empty dir) by a whiteout.
@@ -149,6 +146,24 @@ impl Upper {
             Ok(_) => std::fs::remove_file(&target).map_err(FsError::io("unlink", &target)),
             Err(_) => Ok(()),
         }
+    }
+
+    /// Whiteout for a name that the upper does not have at all (neither an entry nor a
+    /// whiteout): one `mknod` at the name (atomic, so no temp file and rename), else the
+    /// general path.
+    pub(crate) fn make_whiteout_absent(&self, dir_rel: &Path, name: &OsStr) -> Result<()> {
+        if !self.wh_files.load(Ordering::Relaxed) {
+            let target = self.path(dir_rel).join(name);
+            match rustix::fs::mknodat(CWD, &target, FileType::CharacterDevice, Mode::empty(), 0) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::PERM) => self.wh_files.store(true, Ordering::Relaxed),
+                Err(rustix::io::Errno::EXIST) => return self.make_whiteout(dir_rel, name),
+                Err(e) => return Err(FsError::io("mknod whiteout", &target)(e.into())),
+            }
+        }
+        let wh = self.path(dir_rel).join(wh_name(name));
+        File::create(&wh).map_err(FsError::io("create whiteout", &wh))?;
+        Ok(())
     }
 
     /// Removes a whiteout of `dir_rel/name`, if any, so a new entry can take the name.

@@ -351,19 +351,22 @@ impl UnionFs {
     }
 
     fn new_entry(&self, parent: Ino, name: &OsStr, kind: EntryKind) -> Result<Entry> {
-        let ino = {
-            let mut t = self.table.write();
-            let ino = t.attach(parent, name, kind, None);
-            if let Some(n) = t.get_mut(ino) {
-                n.upper = true;
-                n.metacopy = false;
-                n.lower.clear();
-                n.nlink = None;
-                n.lookups += 1;
-            }
-            ino
-        };
+        let ino = self.attach_new(parent, name, kind);
         self.entry(ino)
+    }
+
+    /// Puts a new upper-only entry into the table (one kernel reference).
+    fn attach_new(&self, parent: Ino, name: &OsStr, kind: EntryKind) -> Ino {
+        let mut t = self.table.write();
+        let ino = t.attach(parent, name, kind, None);
+        if let Some(n) = t.get_mut(ino) {
+            n.upper = true;
+            n.metacopy = false;
+            n.lower.clear();
+            n.nlink = None;
+            n.lookups += 1;
+        }
+        ino
     }
 
     fn exists(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
@@ -378,10 +381,15 @@ impl UnionFs {
     /// Returns the new entry's absolute upper path and whether lowers have the name.
     fn prepare_new(&self, parent: Ino, name: &OsStr) -> Result<(PathBuf, bool)> {
         check_name(name)?;
-        let u = self.upper()?;
         if self.exists(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        self.prepare_absent(parent, name)
+    }
+
+    /// `prepare_new` for a name the caller has just found absent (holding the namespace lock).
+    fn prepare_absent(&self, parent: Ino, name: &OsStr) -> Result<(PathBuf, bool)> {
+        let u = self.upper()?;
         let prel = self.ensure_upper_dir(parent)?;
         let ps = self.state(parent)?;
         let lower_has = !self.lower_child(&ps.lower, name)?.0.is_empty();
@@ -502,7 +510,7 @@ impl UnionFs {
             let e = self.lookup(parent, name)?;
             return Ok((e, fh));
         }
-        let (path, _) = self.prepare_new(parent, name)?;
+        let (path, _) = self.prepare_absent(parent, name)?;
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -511,11 +519,33 @@ impl UnionFs {
             .mode(0o600)
             .open(&path)
             .map_err(FsError::io("create", &path))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode & !umask & 0o7777))
-            .map_err(FsError::io("chmod", &path))?;
-        self.chown_new(&path, path.parent().unwrap_or(&path), caller)?;
-        let e = self.new_entry(parent, name, EntryKind::File)?;
-        let fh = self.add_handle(e.attr.ino, HandleData::Upper(f));
+        // Everything below works on the fd: no more path walks for a new file.
+        let p = &path;
+        let fd_err = |op| move |e: rustix::io::Errno| FsError::io(op, p)(e.into());
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & !umask & 0o7777))
+            .map_err(fd_err("chmod"))?;
+        if self.euid_root {
+            let parent_dir = path.parent().unwrap_or(&path);
+            let pmd = rustix::fs::stat(parent_dir).map_err(fd_err("stat parent"))?;
+            let gid = if pmd.st_mode & libc::S_ISGID != 0 {
+                pmd.st_gid
+            } else {
+                caller.gid
+            };
+            rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(caller.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(fd_err("chown"))?;
+        }
+        let md = f.metadata().map_err(FsError::io("fstat", &path))?;
+        let ino = self.attach_new(parent, name, EntryKind::File);
+        let e = Entry {
+            attr: super::attr_from_md(ino, &md),
+            immutable: false,
+        };
+        let fh = self.add_handle(ino, HandleData::Upper(f));
         Ok((e, fh))
     }
 
@@ -729,6 +759,14 @@ impl UnionFs {
         let s = self.state(ino)?;
         if s.kind == EntryKind::Dir {
             return Err(FsError::IsDir);
+        }
+        if !s.upper {
+            // A lower-only name: the upper has neither it nor a whiteout of it (the lookup just
+            // checked), so one mknod of the whiteout does it.
+            let prel = self.ensure_upper_dir(parent)?;
+            u.make_whiteout_absent(&prel, name)?;
+            self.table.write().detach(parent, name);
+            return Ok(());
         }
         let ps = self.state(parent)?;
         let need_wh = !self.lower_child(&ps.lower, name)?.0.is_empty();
