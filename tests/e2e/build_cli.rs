@@ -663,6 +663,11 @@ fn rootless_build_seed_c_multi_stage_final_image_holds_only_the_binary() {
     );
     let j = inspect(&env, "hello");
     assert_eq!(j["config"]["Cmd"], serde_json::json!(["/app/hello"]));
+    // BuildKit's (and buildah's) config of `FROM scratch`: the default PATH.
+    assert_eq!(
+        j["config"]["Env"],
+        serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    );
     // FROM scratch + one COPY: a single layer, holding /app and /app/hello only.
     let diff_ids = j["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(diff_ids.len(), 1, "{j}");

@@ -350,7 +350,10 @@ impl Run<'_> {
         };
         let image = word(image, &self.global)?;
         let (bytes, base_id) = if image.eq_ignore_ascii_case(SCRATCH) {
-            (ImageConfig::new_for_host(Vec::new()).to_bytes(), None)
+            // As BuildKit and buildah: an empty image still gets the default PATH.
+            let mut cfg = ImageConfig::new_for_host(Vec::new());
+            cfg.run_config_mut().env = Some(vec![DEFAULT_PATH.to_owned()]);
+            (cfg.to_bytes(), None)
         } else if let Some(j) = stage_index(self.df, &image).filter(|j| *j < s.index) {
             let b = self
                 .done
