@@ -181,7 +181,8 @@ pub struct UnionFs {
     ns: RwLock<()>,
     /// Listings (with `.` and `..`) of directories served purely from the lowers, which never
     /// change while mounted: kept after the first `opendir`. A directory that gets an upper
-    /// copy (the only way its listing can change) is listed afresh from then on.
+    /// copy (the only way its listing can change) is listed afresh from then on. Lock order:
+    /// after `table`.
     lower_listings: Mutex<HashMap<Ino, Arc<[DirItem]>>>,
     euid_root: bool,
     writeback_cache: bool,
@@ -465,7 +466,13 @@ impl UnionFs {
     /// Puts a resolution into the table and returns the inode.
     fn attach(&self, parent: Ino, name: &OsStr, r: Resolved) -> Ino {
         let mut t = self.table.write();
+        let before = t.child(parent, name);
         let ino = t.attach(parent, name, r.kind, r.origin);
+        if before.is_some_and(|b| b != ino) {
+            // The name now has another number (a hard link joined its group): a kept listing
+            // of the parent would show the old one.
+            self.lower_listings.lock().remove(&parent);
+        }
         if let Some(n) = t.get_mut(ino) {
             // A hard-linked inode already copied up keeps its upper state.
             let keep_upper = r.origin.is_some() && n.upper && !r.upper;
