@@ -195,6 +195,8 @@ fn rootless_build_every_instruction_config_layers_and_run() {
         envs,
         [
             "BASE=1",
+            // As BuildKit: a base without PATH gets the default one.
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "APP_HOME=/app",
             "MODE=two words",
             "LEGACY=some value"
@@ -663,7 +665,7 @@ fn rootless_build_seed_c_multi_stage_final_image_holds_only_the_binary() {
     );
     let j = inspect(&env, "hello");
     assert_eq!(j["config"]["Cmd"], serde_json::json!(["/app/hello"]));
-    // BuildKit's (and buildah's) config of `FROM scratch`: the default PATH.
+    // As BuildKit's and buildah's, the config of `FROM scratch` has the default PATH.
     assert_eq!(
         j["config"]["Env"],
         serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
@@ -730,17 +732,79 @@ fn buildah(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
+/// `path -> "type mode uid:gid size"` of a rootfs tar (size of regular files only; a hard link
+/// counts as the file it links to).
+fn tar_attrs(data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut sizes = std::collections::BTreeMap::new();
+    let clean = |p: &str| p.trim_start_matches("./").trim_end_matches('/').to_owned();
+    for e in tar::Archive::new(data).entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        let path = clean(&e.path().unwrap().to_string_lossy());
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        let (kind, size) = match h.entry_type() {
+            tar::EntryType::Regular => ('f', h.size().unwrap().to_string()),
+            tar::EntryType::Link => {
+                let target = clean(&e.link_name().unwrap().unwrap().to_string_lossy());
+                ('f', sizes.get(&target).cloned().unwrap_or_default())
+            }
+            tar::EntryType::Directory => ('d', "-".to_owned()),
+            tar::EntryType::Symlink => ('l', "-".to_owned()),
+            tar::EntryType::Char => ('c', "-".to_owned()),
+            tar::EntryType::Block => ('b', "-".to_owned()),
+            tar::EntryType::Fifo => ('p', "-".to_owned()),
+            other => panic!("{path}: unexpected tar entry {other:?}"),
+        };
+        if kind == 'f' {
+            sizes.insert(path.clone(), size.clone());
+        }
+        let attrs = format!(
+            "{kind} {:o} {}:{} {size}",
+            h.mode().unwrap() & 0o7777,
+            h.uid().unwrap(),
+            h.gid().unwrap()
+        );
+        out.insert(path, attrs);
+    }
+    out
+}
+
+/// The same as [`tar_attrs`] for a directory tree, through `find`.
+fn dir_attrs(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let found = std::process::Command::new("find")
+        .args([".", "-mindepth", "1", "-printf", "%P\\t%y %m %U:%G %s\\n"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(found.status.success());
+    String::from_utf8(found.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (path, attrs) = l.split_once('\t').unwrap();
+            let mut a: Vec<&str> = attrs.split(' ').collect();
+            if a[0] != "f" {
+                a[3] = "-";
+            }
+            (path.to_owned(), a.join(" "))
+        })
+        .collect()
+}
+
 /// Builds the context with strata and with `buildah bud` (vfs, chroot isolation; the base image
-/// comes from `strata save`), and compares the paths of the two final rootfs: strata's from
-/// `strata export` of a container of the image, buildah's from `buildah mount`. Returns strata's
-/// list.
+/// comes from `strata save`), and compares the two final rootfs, path by path (type, mode,
+/// owner, size): strata's from `strata export` of a container of the image, buildah's from
+/// `buildah mount`; and the run configs but for buildah's own label. Returns strata's paths.
 fn same_files_as_buildah(env: &TestEnv, ctx: &Path) -> Vec<String> {
     build_ok(env, ctx, &["-t", "cmp"]);
     env.ok(&["container", "create", "--name", "cmp", "cmp"]);
     let rootfs = env.path("rootfs.tar");
     env.ok(&["export", "cmp", "-o", rootfs.to_str().unwrap()]);
     env.ok(&["rm", "cmp"]);
-    let ours = tar_names(&std::fs::read(&rootfs).unwrap());
+    let ours = tar_attrs(&std::fs::read(&rootfs).unwrap());
 
     let base = env.path("debian.tar");
     env.ok(&["save", "-o", base.to_str().unwrap(), "debian:bookworm"]);
@@ -763,26 +827,14 @@ fn same_files_as_buildah(env: &TestEnv, ctx: &Path) -> Vec<String> {
     );
     let c = buildah(&dir, &["from", "--pull-never", "cmp"]);
     let mnt = PathBuf::from(buildah(&dir, &["mount", &c]));
-    let found = std::process::Command::new("find")
-        .args([".", "-mindepth", "1"])
-        .current_dir(&mnt)
-        .output()
-        .unwrap();
-    assert!(found.status.success());
-    let mut theirs: Vec<String> = String::from_utf8(found.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim_start_matches("./").to_owned())
-        .collect();
-    theirs.sort();
-    let only_ours: Vec<&String> = ours.iter().filter(|p| !theirs.contains(p)).collect();
-    let only_theirs: Vec<&String> = theirs.iter().filter(|p| !ours.contains(p)).collect();
+    let theirs = dir_attrs(&mnt);
+    let only_ours: Vec<&String> = ours.keys().filter(|p| !theirs.contains_key(*p)).collect();
+    let only_theirs: Vec<&String> = theirs.keys().filter(|p| !ours.contains_key(*p)).collect();
     // buildah's chroot isolation leaves the empty mount point it made for /etc/hosts in the image
     // (the base has none); strata drops such runtime mount points, as BuildKit does.
     for p in &only_theirs {
-        let meta = std::fs::symlink_metadata(mnt.join(p)).unwrap();
         assert!(
-            p.as_str() == "etc/hosts" && meta.is_file() && meta.len() == 0,
+            p.as_str() == "etc/hosts" && theirs[*p].starts_with('f') && theirs[*p].ends_with(" 0"),
             "only in buildah's rootfs: {only_theirs:?}"
         );
     }
@@ -790,8 +842,26 @@ fn same_files_as_buildah(env: &TestEnv, ctx: &Path) -> Vec<String> {
         only_ours.is_empty(),
         "only in strata's rootfs: {only_ours:?}"
     );
+    let differ: Vec<String> = ours
+        .iter()
+        .filter(|(p, a)| theirs.get(*p).is_some_and(|b| b != *a))
+        .map(|(p, a)| format!("{p}: strata {a}, buildah {}", theirs[p]))
+        .collect();
+    assert!(differ.is_empty(), "{differ:#?}");
     buildah(&dir, &["rm", "--all"]);
-    ours
+
+    // The run config: the same but for buildah's io.buildah.version label.
+    let j: serde_json::Value =
+        serde_json::from_str(&buildah(&dir, &["inspect", "--type", "image", "cmp"])).unwrap();
+    let mut b = j["OCIv1"]["config"].clone();
+    if let Some(labels) = b.get_mut("Labels").and_then(|l| l.as_object_mut()) {
+        labels.remove("io.buildah.version");
+        if labels.is_empty() {
+            b.as_object_mut().unwrap().remove("Labels");
+        }
+    }
+    assert_eq!(inspect(env, "cmp")["config"], b);
+    ours.into_keys().collect()
 }
 
 /// buildah is there and we are root (its vfs store and chroot isolation need no more).

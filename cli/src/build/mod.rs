@@ -299,6 +299,14 @@ fn align_history(cfg: &mut ImageConfig) {
     }
 }
 
+/// The config's environment sets PATH.
+fn env_has_path(cfg: &ImageConfig) -> bool {
+    cfg.config
+        .as_ref()
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| env.iter().any(|e| e.starts_with("PATH=")))
+}
+
 /// The shell-or-exec argv of a command.
 fn argv(form: &CmdForm, shell: &[String]) -> Vec<String> {
     match form {
@@ -350,10 +358,7 @@ impl Run<'_> {
         };
         let image = word(image, &self.global)?;
         let (bytes, base_id) = if image.eq_ignore_ascii_case(SCRATCH) {
-            // As BuildKit and buildah: an empty image still gets the default PATH.
-            let mut cfg = ImageConfig::new_for_host(Vec::new());
-            cfg.run_config_mut().env = Some(vec![DEFAULT_PATH.to_owned()]);
-            (cfg.to_bytes(), None)
+            (ImageConfig::new_for_host(Vec::new()).to_bytes(), None)
         } else if let Some(j) = stage_index(self.df, &image).filter(|j| *j < s.index) {
             let b = self
                 .done
@@ -372,9 +377,20 @@ impl Run<'_> {
             })?;
             (rec.config.clone(), Some(rec.id))
         };
-        let cfg = ImageConfig::parse(&bytes)
+        let mut cfg = ImageConfig::parse(&bytes)
             .with_context(|| format!("the config of the base image {image}"))?;
         eprintln!("--> {}", Digest::of(&bytes).short());
+        // As BuildKit ("make sure that PATH is always set") and buildah: a stage whose base has
+        // no PATH (scratch, an imported rootfs) gets the default one in its config.
+        let bytes = if env_has_path(&cfg) {
+            bytes
+        } else {
+            cfg.run_config_mut()
+                .env
+                .get_or_insert_with(Vec::new)
+                .push(DEFAULT_PATH.to_owned());
+            cfg.to_bytes()
+        };
         let mut st = StageState {
             cfg,
             bytes,
