@@ -330,6 +330,30 @@ pub fn enter_userns_for_container_files(store_root: &Path) -> Result<Option<Exit
     reexec_in_userns(store_root).map(Some)
 }
 
+/// For commands that read a container's upper dir (diff, commit, export): the upper of a
+/// container that `run` used was written inside the user namespace (its uid 0 is the caller),
+/// so it is read there too when rootless with subordinate ids; a container only ever mounted
+/// with `container mount` was written with the caller's own ids and is read here.
+///
+/// # Errors
+/// `unshare` cannot run.
+pub fn enter_userns_for_container(store_root: &Path, container: &str) -> Result<Option<ExitCode>> {
+    if crate::is_root() || std::env::var_os(IN_USERNS_ENV).is_some() || !maps_subordinate_ids() {
+        return Ok(None);
+    }
+    let was_run = layerstore::Store::open(store_root)
+        .and_then(|s| {
+            let c = s.resolve_container(container)?;
+            s.container_config(&c)
+        })
+        .map(|cfg| cfg.is_some())
+        .unwrap_or(false);
+    if !was_run {
+        return Ok(None);
+    }
+    reexec_in_userns(store_root).map(Some)
+}
+
 /// Re-runs this command line inside a new user namespace with its own mount namespace, and
 /// returns its exit code. The caller is root there; when /etc/subuid and /etc/subgid give the
 /// caller ranges (and newuidmap is installed), ids 1… map to the first range, so images with

@@ -48,7 +48,7 @@ pub struct Args {
 /// # Errors
 /// Invalid name or instruction (before any work), unknown or mounted container, I/O.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
-    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+    if let Some(code) = crate::runtime::enter_userns_for_container(&g.root, &a.container)? {
         return Ok(code);
     }
     let reference = a

@@ -22,7 +22,7 @@ pub struct Args {
 /// # Errors
 /// Unknown container, an image missing from the store, I/O on the upper dir.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
-    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+    if let Some(code) = crate::runtime::enter_userns_for_container(&g.root, &a.container)? {
         return Ok(code);
     }
     let store = g.store()?;

@@ -43,7 +43,7 @@ pub struct Args {
 /// # Errors
 /// Unknown container, I/O errors of the store or the upper dir, write errors.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
-    if let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)? {
+    if let Some(code) = crate::runtime::enter_userns_for_container(&g.root, &a.container)? {
         return Ok(code);
     }
     let store = g.store()?;

@@ -121,6 +121,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 pub fn sha256_file(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(
+        o.status.success(),
+        "sha256sum {}: {}",
+        p.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()[..64].to_owned()
 }
 
