@@ -330,6 +330,30 @@ fn rootless_build_cache_hits_rebuilds_after_a_change_and_no_cache() {
 }
 
 #[test]
+fn rootless_build_cache_survives_gc_while_used_and_goes_with_its_image() {
+    let Some((env, ctx)) = setup() else { return };
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM bb\nRUN echo one > /one\nCOPY f /f\nLABEL x=1\n",
+    );
+    write(&ctx, "f", "content\n");
+    let (id1, _) = build_ok(&env, &ctx, &["-t", "g"]);
+    // The image holds the cached layers: gc keeps them and the cache answers.
+    env.ok(&["gc"]);
+    let (id2, err) = build_ok(&env, &ctx, &["-t", "g"]);
+    assert_eq!(id1, id2);
+    assert_eq!(cached_steps(&err), [false, true, true, true], "{err}");
+    // Nothing refers to the build's layers any more: gc drops them and their cache rows.
+    env.ok(&["rmi", "g"]);
+    env.ok(&["gc"]);
+    let (_, err) = build_ok(&env, &ctx, &["-t", "g"]);
+    assert_eq!(cached_steps(&err), [false; 4], "{err}");
+    assert_eq!(run_out(&env, &["g", "cat", "/one", "/f"]), "one\ncontent\n");
+    env.fsck_clean();
+}
+
+#[test]
 fn rootless_build_dockerignore_wildcards_and_trailing_slash() {
     let Some((env, ctx)) = setup() else { return };
     write(
