@@ -7,8 +7,9 @@
 //! 2. The planner picks the target stage (`--target`, else the last) and the stages it needs
 //!    (`FROM stage`, `COPY --from=stage`); other stages are skipped.
 //! 3. Each needed stage starts from its base (an image in the store, an earlier stage, or
-//!    `scratch`) and runs its steps in order. The state between steps is the exact config
-//!    bytes of the image so far plus the ARG values in scope.
+//!    `scratch`) and runs its steps in order; a base without PATH gets the default one, as
+//!    BuildKit does. The state between steps is the exact config bytes of the image so far plus
+//!    the ARG values in scope.
 //! 4. A step's cache key is sha256 over the parent config's digest, the instruction after
 //!    ARG/ENV expansion, the ARG values in scope and, for COPY/ADD, one line per copied item
 //!    (path, kind, mode, owner, content sha256: never an mtime). A hit continues from the
