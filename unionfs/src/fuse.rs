@@ -117,6 +117,10 @@ pub(crate) struct FuseAdapter {
     fs: Arc<UnionFs>,
     opts: MountOptions,
     passthrough: bool,
+    /// `FUSE_HANDLE_KILLPRIV_V2`: the daemon clears setuid/setgid on writes and truncates by
+    /// callers without `CAP_FSETID` (the kernel then skips a GETXATTR per write and a GETATTR
+    /// per chown). Only together with passthrough (as root).
+    killpriv: bool,
     backing: Mutex<Backing>,
 }
 
@@ -126,6 +130,7 @@ impl FuseAdapter {
             fs,
             opts,
             passthrough: false,
+            killpriv: false,
             backing: Mutex::new(Backing::default()),
         }
     }
@@ -196,6 +201,9 @@ impl Filesystem for FuseAdapter {
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
                 let _ = config.set_max_stack_depth(2);
                 self.passthrough = true;
+                self.killpriv = config
+                    .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                    .is_ok();
             } else {
                 log::warn!("the kernel does not offer FUSE passthrough; reads go through strata");
             }
@@ -233,7 +241,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -241,7 +249,7 @@ impl Filesystem for FuseAdapter {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -257,7 +265,26 @@ impl Filesystem for FuseAdapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
+        // With killpriv the kernel leaves clearing setuid/setgid to us: on a truncate, and
+        // on the empty SETATTR it sends when a write must drop them. uid 0 stands for
+        // CAP_FSETID (fuser does not pass FATTR_KILL_SUIDGID).
+        let empty = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
+        let kill = self.killpriv && req.uid() != 0 && (size.is_some() || empty);
+        let fh = fh.map(|f| Fh(f.0));
+        let r = self.fs.setattr(Ino(ino.0), set, fh).and_then(|a| {
+            if kill {
+                Ok(self.fs.kill_suid(Ino(ino.0), fh, req.gid())?.unwrap_or(a))
+            } else {
+                Ok(a)
+            }
+        });
+        match r {
             Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", ino.0, &e)),
         }
@@ -409,17 +436,23 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(Fh(fh.0), offset, data) {
+        let r = self.fs.write(Fh(fh.0), offset, data).and_then(|n| {
+            if self.killpriv && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                self.fs.kill_suid(Ino(ino.0), Some(Fh(fh.0)), req.gid())?;
+            }
+            Ok(n)
+        });
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", ino.0, &e)),
         }

@@ -853,6 +853,13 @@ impl UnionFs {
                 if s.metacopy || s.unlinked {
                     return None;
                 }
+                // Writes to setuid/setgid files go through the daemon, which clears the bits
+                // for callers without CAP_FSETID (the backing file is written with its creds).
+                use std::os::unix::fs::PermissionsExt;
+                let mode = f.metadata().ok()?.permissions().mode();
+                if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    return None;
+                }
                 // A plain read-write fd (a new file's) serves as is: no reopen by path.
                 if let Ok(fl) = rustix::fs::fcntl_getfl(f) {
                     let odd = rustix::fs::OFlags::APPEND

@@ -991,6 +991,31 @@ impl UnionFs {
         self.getattr(ino, fh)
     }
 
+    /// Clears setuid, and setgid unless the file is not group-executable and `caller_gid` is
+    /// its group, as a write or truncate by a caller without `CAP_FSETID` does on any
+    /// filesystem. Returns the new attributes when something changed.
+    ///
+    /// # Errors
+    /// As `setattr`.
+    pub fn kill_suid(&self, ino: Ino, fh: Option<Fh>, caller_gid: u32) -> Result<Option<Attr>> {
+        let a = self.getattr(ino, fh)?;
+        if a.kind != EntryKind::File {
+            return Ok(None);
+        }
+        let mut mode = a.perm & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 || caller_gid != a.gid {
+            mode &= !libc::S_ISGID;
+        }
+        if mode == a.perm {
+            return Ok(None);
+        }
+        let set = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, set, fh).map(Some)
+    }
+
     fn setattr_unlinked(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> Result<Attr> {
         let h = match fh.map(|f| self.handle(f)) {
             Some(Ok(h)) if h.ino == ino => h,
