@@ -76,26 +76,34 @@ const COPY_BUF: usize = 1 << 20;
 /// Decompressed buffers in flight between the decoder thread and the ingest of a pull.
 const PIPE_DEPTH: usize = 8;
 
-/// The reading end of the decoder thread's pipe.
+/// The reading end of the decoder thread's pipe: buffers of `COPY_BUF` bytes, the first `n`
+/// of them filled; each goes back through `free` once read, so the decoder allocates none
+/// per read (a fresh zeroed megabyte per read cost more than the inflate).
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: std::sync::mpsc::Receiver<io::Result<(Vec<u8>, usize)>>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
+        while self.pos == self.end {
             match self.rx.recv() {
-                Ok(Ok(v)) => {
-                    self.cur = v;
+                Ok(Ok((v, n))) => {
+                    let old = std::mem::replace(&mut self.cur, v);
+                    if !old.is_empty() {
+                        let _ = self.free.send(old); // the decoder may have finished: fine
+                    }
                     self.pos = 0;
+                    self.end = n;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(0), // the decoder finished
             }
         }
-        let n = buf.len().min(self.cur.len() - self.pos);
+        let n = buf.len().min(self.end - self.pos);
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -699,20 +707,31 @@ impl Store {
         // Decompression runs in its own thread, ingest (hashing, objects) in this one. The
         // decoder reads the blob to its end, where the tee checks digest and size, before it
         // signals the end of the tar: a bad blob fails the ingest before anything commits.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(PIPE_DEPTH);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let (result, mut tee) = std::thread::scope(|s| {
             let decoder = s.spawn(move || {
                 let run = |tee: &mut VerifyingTee<_>| -> io::Result<()> {
                     let (mut dec, _) = crate::layer::decompress(&mut *tee)
                         .map_err(|e| io::Error::other(e.chain_text()))?;
-                    loop {
-                        let mut buf = vec![0u8; COPY_BUF];
-                        let n = dec.read(&mut buf)?;
-                        if n == 0 {
-                            break;
+                    let mut eof = false;
+                    while !eof {
+                        let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0u8; COPY_BUF]);
+                        // Fill most of it: the decoder returns short reads, and each buffer
+                        // costs a hand-off to the ingesting thread.
+                        let mut n = 0;
+                        while n < COPY_BUF / 2 {
+                            match dec.read(&mut buf[n..]) {
+                                Ok(0) => {
+                                    eof = true;
+                                    break;
+                                }
+                                Ok(k) => n += k,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(e),
+                            }
                         }
-                        buf.truncate(n);
-                        if tx.send(Ok(buf)).is_err() {
+                        if n > 0 && tx.send(Ok((buf, n))).is_err() {
                             return Ok(()); // ingest stopped; its error is reported
                         }
                     }
@@ -729,8 +748,10 @@ impl Store {
             let result = self.ingest_layer(
                 ChannelReader {
                     rx,
+                    free: free_tx,
                     cur: Vec::new(),
                     pos: 0,
+                    end: 0,
                 },
                 Some(diff_id),
             );

@@ -263,6 +263,8 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// SQLite page cache for the index transaction of an ingest, in KiB.
+const INDEX_CACHE_KIB: i64 = 64 << 10;
 /// Contents queued for the object writer before the parser waits for it.
 const JOB_DEPTH: usize = 8;
 /// Piece of a large content handed to the object writer.
@@ -270,12 +272,13 @@ const PART: usize = 1 << 20;
 
 /// Work for the object writer thread of an ingest.
 enum Job {
-    /// The whole content of entry `seq` (at most [`IN_MEMORY_LIMIT`] bytes).
-    Small(usize, Vec<u8>),
+    /// The whole content of entry `seq` (at most [`IN_MEMORY_LIMIT`] bytes): the first `n`
+    /// bytes of the buffer (buffers are reused, so they keep their initialised length).
+    Small(usize, Vec<u8>, usize),
     /// A large content of entry `seq` starts; [`Job::Part`]s follow, then [`Job::End`].
     Begin(usize),
-    /// The next bytes of the large content.
-    Part(Vec<u8>),
+    /// The next bytes of the large content (the first `n` of the buffer).
+    Part(Vec<u8>, usize),
     /// The large content is complete.
     End,
 }
@@ -291,14 +294,14 @@ fn store_objects(
     let mut large: Option<(usize, LargeObject)> = None;
     for job in jobs {
         match job {
-            Job::Small(seq, data) => {
-                out.push((seq, staging.add_bytes(&data)?));
+            Job::Small(seq, data, n) => {
+                out.push((seq, staging.add_bytes(&data[..n])?));
                 let _ = back.send(data);
             }
             Job::Begin(seq) => large = Some((seq, staging.begin_large()?)),
-            Job::Part(data) => {
+            Job::Part(data, n) => {
                 if let Some((_, o)) = &mut large {
-                    o.write(&data)?;
+                    o.write(&data[..n])?;
                 }
                 let _ = back.send(data);
             }
@@ -461,10 +464,12 @@ impl Store {
                     tx.send(job)
                         .map_err(|_| Error::Conflict("internal: the object writer stopped".into()))
                 };
+                // A reused buffer of at least `n` bytes (zeroed only where it grows).
                 let buf = |n: usize| -> Vec<u8> {
                     let mut v = free.try_recv().unwrap_or_default();
-                    v.clear();
-                    v.resize(n, 0);
+                    if v.len() < n {
+                        v.resize(n, 0);
+                    }
                     v
                 };
                 loop {
@@ -475,17 +480,19 @@ impl Store {
                             validator.check(&entry, at)?;
                             let seq = rows.len();
                             if entry.size > 0 && entry.size <= IN_MEMORY_LIMIT {
-                                let mut data = buf(entry.size as usize);
-                                read_full(&mut tar, &mut data)?;
-                                send(Job::Small(seq, data))?;
+                                let n = entry.size as usize;
+                                let mut data = buf(n);
+                                read_full(&mut tar, &mut data[..n])?;
+                                send(Job::Small(seq, data, n))?;
                             } else if entry.size > 0 {
                                 send(Job::Begin(seq))?;
                                 let mut left = entry.size;
                                 while left > 0 {
-                                    let mut part = buf(PART.min(left as usize));
-                                    read_full(&mut tar, &mut part)?;
-                                    left -= part.len() as u64;
-                                    send(Job::Part(part))?;
+                                    let n = PART.min(left as usize);
+                                    let mut part = buf(n);
+                                    read_full(&mut tar, &mut part[..n])?;
+                                    left -= n as u64;
+                                    send(Job::Part(part, n))?;
                                 }
                                 send(Job::End)?;
                             }
@@ -542,6 +549,10 @@ impl Store {
             return Ok(info(true));
         }
         staging.publish()?;
+        // SQLite's default page cache (2 MiB) is far smaller than the index pages a big layer
+        // touches (random object digests): it spilled pages to the WAL mid-transaction, over
+        // and over (seconds for a 20k-file layer). The cache grows only as pages are used.
+        self.with_conn(|c| c.pragma_update(None, "cache_size", -INDEX_CACHE_KIB))?;
         let existed = self.with_tx(|tx| {
             if tx
                 .query_row("SELECT id FROM layers WHERE diff_id = ?1", [diff_id.bytes()], |r| {

@@ -234,10 +234,15 @@ impl Staging<'_> {
             return Ok(());
         }
         sync_fs(&self.objects.tmp)?;
+        // 256 fan-out directories at most: make each once, not once per object.
+        let mut made = std::collections::HashSet::new();
         for (tmp, d) in &self.pending {
             let dst = self.objects.path(d);
-            if let Some(parent) = dst.parent() {
+            if let Some(parent) = dst.parent()
+                && !made.contains(parent)
+            {
                 fs::create_dir_all(parent).ctx("create dir", parent)?;
+                made.insert(parent.to_path_buf());
             }
             fs::rename(tmp, &dst).ctx("rename", tmp)?;
         }

@@ -3,9 +3,13 @@
 # between a docker-archive and an OCI layout of the same image, in one run; prints a Markdown table.
 #
 #   scripts/bench/archive.sh [TAR]
+#   scripts/bench/archive.sh --image ARCHIVE
 #
 #   TAR        the rootfs tar imported as the image (default: the Debian bookworm minbase rootfs from
 #              scripts/fixtures/debian-rootfs.sh, /var/cache/strata-ci/debian-bookworm-minbase.tar)
+#   ARCHIVE    instead, an image archive (`strata save` output, e.g. the 3-layer ~1.3 GiB union
+#              benchmark image: `strata --root /var/tmp/unionbench/strata-store save -o
+#              /var/tmp/ub-image.tar unionbench:layers`), loaded as the image with all its layers
 #   STRATA     strata binary (default: target/release/strata, else target/debug/strata with a warning:
 #              debug sha2/tar code measures the wrong thing; `cargo build --release -p strata`)
 #   BENCH_DIR  where the work dir is made (default /var/tmp); removed at exit
@@ -23,7 +27,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
+IMAGE=
+if [[ ${1:-} == --image ]]; then
+    IMAGE=${2:?--image needs an image archive}
+    TAR=$IMAGE
+else
+    TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
+fi
 RUNS=${RUNS:-3}
 STRATA=${STRATA:-$ROOT/target/release/strata}
 if [[ ! -x $STRATA ]]; then
@@ -53,7 +63,14 @@ time_case() {
 }
 
 S="$STRATA --root $WORK/store -q"
-$S import "$TAR" bench:1 >/dev/null
+if [[ -n $IMAGE ]]; then
+    $S load -i "$IMAGE" >/dev/null
+    read -r REF LAYERS < <($S images --format json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["repo_tags"][0], i["layers"])')
+    $S tag "$REF" bench:1
+else
+    $S import "$TAR" bench:1 >/dev/null
+    LAYERS=1
+fi
 $S save -o "$WORK/warm.tar" bench:1   # warm the page cache of the objects
 cat "$TAR" >/dev/null
 BYTES=$(stat -c %s "$WORK/warm.tar")
@@ -80,7 +97,7 @@ row() { # name seconds
     printf '| %s | %.2f | %.0f |\n' "$1" "$2" "$(echo "$MIB / $2" | bc -l)"
 }
 echo
-echo "Image: $(basename "$TAR") imported as one layer; archive $(printf '%.0f' "$MIB") MiB; median of $RUNS runs"
+echo "Image: $(basename "$TAR"), $LAYERS layer(s); archive $(printf '%.0f' "$MIB") MiB; median of $RUNS runs"
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), work dir on $(df -T "$WORK" | awk 'NR==2 {print $2}')"
 echo
 echo "| case | seconds | MiB/s |"

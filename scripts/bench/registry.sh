@@ -4,8 +4,11 @@
 # prints a Markdown table.
 #
 #   scripts/bench/registry.sh [TAR]
+#   scripts/bench/registry.sh --image ARCHIVE
 #
 #   TAR        rootfs tar imported as the image (default /var/cache/strata-ci/debian-bookworm-minbase.tar)
+#   ARCHIVE    instead, an image archive (`strata save` output, e.g. the 3-layer ~1.3 GiB union
+#              benchmark image, see scripts/bench/archive.sh), loaded with all its layers
 #   STRATA     strata binary (default target/release/strata; build it with
 #              `cargo build --release -p strata`; a debug build measures the wrong thing)
 #   BENCH_DIR  where the work dir is made (default /var/tmp); removed at exit
@@ -22,7 +25,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
+IMAGE=
+if [[ ${1:-} == --image ]]; then
+    IMAGE=${2:?--image needs an image archive}
+    TAR=$IMAGE
+else
+    TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
+fi
 RUNS=${RUNS:-3}
 STRATA=${STRATA:-$ROOT/target/release/strata}
 REGISTRY=${REGISTRY:-/usr/bin/docker-registry}
@@ -75,7 +84,14 @@ CFG
 S() { "$STRATA" -q "$@" >/dev/null; }
 
 SRC=$WORK/src
-S --root "$SRC" import "$TAR" bench/debian:latest
+if [[ -n $IMAGE ]]; then
+    S --root "$SRC" load -i "$IMAGE"
+    read -r REF LAYERS < <("$STRATA" --root "$SRC" images --format json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["repo_tags"][0], i["layers"])')
+    S --root "$SRC" tag "$REF" bench/debian:latest
+else
+    S --root "$SRC" import "$TAR" bench/debian:latest
+    LAYERS=1
+fi
 "$STRATA" --root "$SRC" save -o "$WORK/image.tar" bench/debian:latest
 IMAGE_ID=$("$STRATA" --root "$SRC" --format json inspect bench/debian:latest | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d.get("id") or d.get("Id"))')
 TAR_MB=$(du -m "$TAR" | cut -f1)
@@ -119,7 +135,7 @@ p=$(median "${T_PUSH[@]}"); p2=$(median "${T_PUSH2[@]}"); sp=$(median "${T_SKPUS
 l=$(median "${T_PULL[@]}"); sl=$(median "${T_SKPULL[@]}"); sld=$(median "${T_SKPULLD[@]}")
 ratio() { echo "scale=2; $2 / $1" | bc; }
 echo
-echo "Image: $TAR ($TAR_MB MiB uncompressed, 1 layer; ~$BLOB_MB MiB in the registry). $RUNS runs, median; $(nproc) cores."
+echo "Image: $TAR ($TAR_MB MiB uncompressed, $LAYERS layer(s); ~$BLOB_MB MiB in the registry). $RUNS runs, median; $(nproc) cores."
 echo
 echo "| case | strata (s) | skopeo (s) | skopeo / strata |"
 echo "|---|---:|---:|---:|"
