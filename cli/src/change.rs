@@ -6,8 +6,11 @@ use anyhow::{Context, Result, bail};
 use layerstore::RunConfig;
 
 /// Splits words the way the Dockerfile parser does for ENV/LABEL: whitespace separates,
-/// double and single quotes group, backslash escapes.
-fn words(s: &str) -> Result<Vec<String>> {
+/// double and single quotes group (and are removed), backslash escapes.
+///
+/// # Errors
+/// An unterminated quote.
+pub fn words(s: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

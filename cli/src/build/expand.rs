@@ -91,50 +91,8 @@ pub fn expand(s: &str, vars: &Vars) -> Result<String> {
 }
 
 /// Splits expanded text into words: whitespace separates, quotes group (and are removed),
-/// backslash escapes the next character.
-///
-/// # Errors
-/// An unterminated quote.
-pub fn words(s: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut quote: Option<char> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (Some(q), c) if c == q => quote = None,
-            (Some('\''), c) => cur.push(c),
-            (_, '\\') => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-                in_word = true;
-            }
-            (_, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        bail!("unterminated quote in {s:?}");
-    }
-    if in_word {
-        out.push(cur);
-    }
-    Ok(out)
-}
+/// backslash escapes the next character (the same rule as `--change` instructions).
+pub use crate::change::words;
 
 /// Expands and unquotes one argument (a path, a user, an image name).
 ///
