@@ -15,7 +15,8 @@
 #   BENCH_DIR  where the work dir is made (default /var/tmp); removed at exit
 #   RUNS       timed runs per case (default 3; the table shows the median)
 #
-# Cases (the input is in the page cache for all; each run starts from a fresh destination):
+# Cases (the input is in the page cache for all; each run starts from a fresh destination; the
+# cases alternate within each run, so strata and skopeo share the noisy moments):
 #   strata save             store → docker-archive tarball (uncompressed, streamed from the store)
 #   strata load (new)       docker-archive → a fresh store
 #   strata load (again)     the same archive into the store that has it (dedup): growth of objects/
@@ -49,18 +50,6 @@ trap 'rm -rf "$WORK"' EXIT
 now() { date +%s.%N; }
 # median of the arguments
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# time_case NAME SETUP_CMD CMD: runs SETUP_CMD (untimed) then CMD, RUNS times; prints the median.
-time_case() {
-    local setup=$1 cmd=$2 times=() t0 t1
-    for _ in $(seq "$RUNS"); do
-        eval "$setup"
-        t0=$(now)
-        eval "$cmd" >/dev/null
-        t1=$(now)
-        times+=("$(echo "$t1 - $t0" | bc -l)")
-    done
-    median "${times[@]}"
-}
 
 S="$STRATA --root $WORK/store -q"
 if [[ -n $IMAGE ]]; then
@@ -76,22 +65,45 @@ cat "$TAR" >/dev/null
 BYTES=$(stat -c %s "$WORK/warm.tar")
 MIB=$(echo "$BYTES / 1048576" | bc -l)
 
-t_save=$(time_case "rm -f $WORK/s.tar" "$S save -o $WORK/s.tar bench:1")
-t_load=$(time_case "rm -rf $WORK/l" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")
-# Second load into a store that has the image: object bytes written.
-obj_before=$(du -sb "$WORK/l/objects" | cut -f1)
-t_reload=$(time_case ":" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")
-obj_after=$(du -sb "$WORK/l/objects" | cut -f1)
-growth=$(echo "100 * ($obj_after - $obj_before) / $obj_before" | bc -l)
-# Round trip.
-$STRATA --root "$WORK/l" -q save -o "$WORK/s2.tar" bench:1
-cmp -s "$WORK/s.tar" "$WORK/s2.tar" || { echo "error: save → load → save is not byte-identical" >&2; exit 1; }
-
-t_sk_oci=$(time_case "rm -rf $WORK/oci" "skopeo copy -q docker-archive:$WORK/s.tar oci:$WORK/oci:t")
-t_sk_oci_plain=$(time_case "rm -rf $WORK/ocip" \
-    "skopeo copy -q --dest-decompress docker-archive:$WORK/s.tar oci:$WORK/ocip:t")
-t_sk_da=$(time_case "rm -f $WORK/back.tar" \
-    "skopeo copy -q oci:$WORK/ocip:t docker-archive:$WORK/back.tar:bench:1")
+# One timed command (after an untimed setup); prints seconds.
+time_one() {
+    local t0 t1
+    eval "$1"
+    t0=$(now)
+    eval "$2" >/dev/null
+    t1=$(now)
+    echo "$t1 - $t0" | bc -l
+}
+# The cases alternate within each run (strata, then skopeo, then the next run), so a noisy
+# moment of the shared machine hits both tools instead of one case.
+$S save -o "$WORK/s.tar" bench:1
+declare -a T_SAVE T_LOAD T_RELOAD T_SK_OCI T_SK_PLAIN T_SK_DA PAIR_LOAD PAIR_SAVE
+growth=
+for run in $(seq "$RUNS"); do
+    T_SAVE+=("$(time_one "rm -f $WORK/s.tar" "$S save -o $WORK/s.tar bench:1")")
+    T_LOAD+=("$(time_one "rm -rf $WORK/l; sync" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")")
+    # Second load into a store that has the image: object bytes written.
+    obj_before=$(du -sb "$WORK/l/objects" | cut -f1)
+    T_RELOAD+=("$(time_one ":" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")")
+    obj_after=$(du -sb "$WORK/l/objects" | cut -f1)
+    growth=$(echo "100 * ($obj_after - $obj_before) / $obj_before" | bc -l)
+    if [[ $run == 1 ]]; then # round trip
+        $STRATA --root "$WORK/l" -q save -o "$WORK/s2.tar" bench:1
+        cmp -s "$WORK/s.tar" "$WORK/s2.tar" || { echo "error: save → load → save is not byte-identical" >&2; exit 1; }
+        rm -f "$WORK/s2.tar"
+    fi
+    T_SK_OCI+=("$(time_one "rm -rf $WORK/oci; sync" "skopeo copy -q docker-archive:$WORK/s.tar oci:$WORK/oci:t")")
+    rm -rf "$WORK/oci"
+    T_SK_PLAIN+=("$(time_one "rm -rf $WORK/ocip; sync" \
+        "skopeo copy -q --dest-decompress docker-archive:$WORK/s.tar oci:$WORK/ocip:t")")
+    T_SK_DA+=("$(time_one "rm -f $WORK/back.tar" \
+        "skopeo copy -q oci:$WORK/ocip:t docker-archive:$WORK/back.tar:bench:1")")
+    rm -f "$WORK/back.tar"
+    PAIR_LOAD+=("$(echo "${T_SK_PLAIN[-1]} / ${T_LOAD[-1]}" | bc -l)")
+    PAIR_SAVE+=("$(echo "${T_SK_DA[-1]} / ${T_SAVE[-1]}" | bc -l)")
+done
+t_save=$(median "${T_SAVE[@]}"); t_load=$(median "${T_LOAD[@]}"); t_reload=$(median "${T_RELOAD[@]}")
+t_sk_oci=$(median "${T_SK_OCI[@]}"); t_sk_oci_plain=$(median "${T_SK_PLAIN[@]}"); t_sk_da=$(median "${T_SK_DA[@]}")
 
 row() { # name seconds
     printf '| %s | %.2f | %.0f |\n' "$1" "$2" "$(echo "$MIB / $2" | bc -l)"
@@ -109,6 +121,8 @@ row "skopeo copy docker-archive → oci (gzip)" "$t_sk_oci"
 row "skopeo copy docker-archive → oci (--dest-decompress)" "$t_sk_oci_plain"
 row "skopeo copy oci → docker-archive" "$t_sk_da"
 echo
-printf 'Ratios: skopeo→oci(plain) / strata save = %.1f×; skopeo→oci(plain) / strata load = %.1f×\n' \
-    "$(echo "$t_sk_oci_plain / $t_save" | bc -l)" "$(echo "$t_sk_oci_plain / $t_load" | bc -l)"
+printf 'Ratios of the medians: skopeo oci→docker-archive / strata save = %.1f×; skopeo→oci(plain) / strata load = %.1f×\n' \
+    "$(echo "$t_sk_da / $t_save" | bc -l)" "$(echo "$t_sk_oci_plain / $t_load" | bc -l)"
+printf 'Per-run ratios (same run): save %s; load %s\n' \
+    "$(printf '%.1f× ' "${PAIR_SAVE[@]}")" "$(printf '%.1f× ' "${PAIR_LOAD[@]}")"
 printf 'Objects written by the second load: %.3f%% of the store'"'"'s object bytes\n' "$growth"

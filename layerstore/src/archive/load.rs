@@ -773,6 +773,37 @@ impl Store {
         }
     }
 
+    /// A layer blob whose DiffID the store has: drained and hashed (its raw digest is checked
+    /// against the manifest like any other), not ingested.
+    fn skip_stored(
+        &self,
+        input: impl Read,
+        diff_id: Digest,
+        progress: &mut dyn FnMut(u64),
+    ) -> Ingested {
+        let mut raw = RawHash {
+            inner: input,
+            hasher: Some(Hasher::new()),
+            count: 0,
+            progress,
+        };
+        if let Err(e) = io::copy(&mut raw, &mut io::sink()) {
+            return Ingested::Failed(Error::Read {
+                what: "layer blob".into(),
+                source: e,
+            });
+        }
+        let digest = raw.hasher.map(Hasher::finish).unwrap_or(diff_id);
+        let info = LayerInfo {
+            diff_id,
+            tar_size: raw.count,
+            entries: 0,
+            existed: true,
+            compression: crate::layer::Compression::None,
+        };
+        Ingested::Layer { info, raw: digest }
+    }
+
     fn load_tar_inner(
         &self,
         input: impl Read,
@@ -848,6 +879,11 @@ impl Store {
                                 })?;
                                 continue_after(&mut tar, &path)?;
                                 continue;
+                            }
+                            // Already stored (a reload): its files are not read again;
+                            // only the blob's own digest is computed (checked at the end).
+                            Some(Some((_, d))) if self.has_layer(&d).unwrap_or(false) => {
+                                self.skip_stored(reader, d, progress)
                             }
                             Some(Some((index, d))) => {
                                 let ing = self.ingest_candidate(reader, Some(d), progress);
