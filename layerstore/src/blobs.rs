@@ -432,34 +432,138 @@ fn tmp_name(root: &std::path::Path, what: &str) -> PathBuf {
     ))
 }
 
-/// A reader that hashes and counts what passes, keeps a copy in a file, and fails at the end
-/// of the stream when the bytes are not what was announced, so a bad blob never commits.
-struct VerifyingTee<R> {
+/// Bytes per chunk the tee hands to its thread.
+const TEE_CHUNK: usize = 256 << 10;
+/// Chunks queued for the tee thread.
+const TEE_DEPTH: usize = 8;
+
+/// What the tee thread hands back at the end: the digest of the blob, the copy (when kept)
+/// and the first error writing it.
+type TeeEnd = (Digest, Option<(File, PathBuf)>, io::Result<()>);
+
+/// A reader that counts what passes and hands it, in chunks, to a thread that hashes it and
+/// keeps a copy in a file (so neither costs the decoder's thread); it fails at the end of the
+/// stream when the bytes are not what was announced, so a bad blob never commits.
+struct VerifyingTee<'s, R> {
     inner: R,
-    hasher: Option<Hasher>,
+    cur: std::sync::Arc<Vec<u8>>,
+    pos: usize,
     count: u64,
     expected: ExpectedBlob,
+    tx: Option<crossbeam_channel::Sender<std::sync::Arc<Vec<u8>>>>,
+    free: crossbeam_channel::Receiver<std::sync::Arc<Vec<u8>>>,
+    thread: Option<std::thread::ScopedJoinHandle<'s, TeeEnd>>,
+    /// The copy, once the thread has finished.
     copy: Option<(File, PathBuf)>,
 }
 
-impl<R: Read> Read for VerifyingTee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            if let Some(h) = self.hasher.take() {
-                let got = h.finish();
-                if self.count != self.expected.size || got != self.expected.digest {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "blob {} is not what the registry announced: expected {} bytes, \
-                             got {} bytes with digest {got}",
-                            self.expected.digest, self.expected.size, self.count
-                        ),
+impl<'s, R: Read> VerifyingTee<'s, R> {
+    fn start<'e>(
+        scope: &'s std::thread::Scope<'s, 'e>,
+        inner: R,
+        expected: ExpectedBlob,
+        copy: Option<(File, PathBuf)>,
+    ) -> VerifyingTee<'s, R> {
+        let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(TEE_DEPTH);
+        let (back, free) = crossbeam_channel::unbounded();
+        let thread = scope.spawn(move || {
+            let mut h = Hasher::new();
+            let mut copy = copy;
+            let mut res = Ok(());
+            for chunk in rx {
+                h.update(&chunk);
+                if res.is_ok()
+                    && let Some((f, p)) = &mut copy
+                    && let Err(e) = f.write_all(&chunk)
+                {
+                    res = Err(io::Error::new(
+                        e.kind(),
+                        format!("write {}: {e}", p.display()),
                     ));
                 }
+                let _ = back.send(chunk); // the reader may be gone (an error): fine
             }
-            return Ok(0);
+            (h.finish(), copy, res)
+        });
+        VerifyingTee {
+            inner,
+            cur: std::sync::Arc::new(Vec::new()),
+            pos: 0,
+            count: 0,
+            expected,
+            tx: Some(tx),
+            free,
+            thread: Some(thread),
+            copy: None,
+        }
+    }
+
+    /// Stops the thread (if the stream did not reach its end) and returns the copy.
+    fn into_copy(mut self) -> Option<(File, PathBuf)> {
+        self.tx = None;
+        if let Some(t) = self.thread.take()
+            && let Ok((_, copy, _)) = t.join()
+        {
+            self.copy = copy;
+        }
+        self.copy.take()
+    }
+
+    /// The end of the stream: waits for the thread, then checks size and digest.
+    fn finish(&mut self) -> io::Result<()> {
+        self.tx = None;
+        let Some(t) = self.thread.take() else {
+            return Ok(()); // checked already
+        };
+        let (got, copy, res) = t
+            .join()
+            .map_err(|_| io::Error::other("internal: the blob hashing thread panicked"))?;
+        self.copy = copy;
+        res?;
+        if self.count != self.expected.size || got != self.expected.digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} is not what the registry announced: expected {} bytes, got {} \
+                     bytes with digest {got}",
+                    self.expected.digest, self.expected.size, self.count
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the next chunk and queues it; false at the end (after the checks passed).
+    fn refill(&mut self) -> io::Result<bool> {
+        if self.thread.is_none() {
+            return Ok(false);
+        }
+        // Drop our reference first so a chunk coming back is ours alone.
+        self.cur = std::sync::Arc::new(Vec::new());
+        self.pos = 0;
+        let mut buf = loop {
+            match self.free.try_recv() {
+                Ok(a) => {
+                    if let Ok(v) = std::sync::Arc::try_unwrap(a) {
+                        break v;
+                    }
+                }
+                Err(_) => break vec![0u8; TEE_CHUNK],
+            }
+        };
+        buf.resize(TEE_CHUNK, 0);
+        let mut n = 0;
+        while n < TEE_CHUNK {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            self.finish()?;
+            return Ok(false);
         }
         self.count += n as u64;
         if self.count > self.expected.size {
@@ -471,13 +575,30 @@ impl<R: Read> Read for VerifyingTee<R> {
                 ),
             ));
         }
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
+        buf.truncate(n);
+        let chunk = std::sync::Arc::new(buf);
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(chunk.clone()).is_ok());
+        if !sent {
+            return Err(io::Error::other(
+                "internal: the blob hashing thread stopped",
+            ));
         }
-        if let Some((f, p)) = &mut self.copy {
-            f.write_all(&buf[..n])
-                .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", p.display())))?;
+        self.cur = chunk;
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for VerifyingTee<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() && !self.refill()? {
+            return Ok(0);
         }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -697,21 +818,16 @@ impl Store {
         } else {
             None
         };
-        let mut tee = VerifyingTee {
-            inner: input,
-            hasher: Some(Hasher::new()),
-            count: 0,
-            expected: expected.clone(),
-            copy,
-        };
-        // Decompression runs in its own thread, ingest (hashing, objects) in this one. The
-        // decoder reads the blob to its end, where the tee checks digest and size, before it
-        // signals the end of the tar: a bad blob fails the ingest before anything commits.
+        // Decompression runs in its own thread, ingest (hashing, objects) in this one, and the
+        // blob's hash and copy in the tee's. The decoder reads the blob to its end, where the
+        // tee checks digest and size, before it signals the end of the tar: a bad blob fails
+        // the ingest before anything commits.
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(PIPE_DEPTH);
         let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let (result, mut tee) = std::thread::scope(|s| {
+        let (result, copy) = std::thread::scope(|s| {
+            let mut tee = VerifyingTee::start(s, input, expected.clone(), copy);
             let decoder = s.spawn(move || {
-                let run = |tee: &mut VerifyingTee<_>| -> io::Result<()> {
+                let run = |tee: &mut VerifyingTee<'_, _>| -> io::Result<()> {
                     let (mut dec, _) = crate::layer::decompress(&mut *tee)
                         .map_err(|e| io::Error::other(e.chain_text()))?;
                     let mut eof = false;
@@ -743,7 +859,7 @@ impl Store {
                 if let Err(e) = run(&mut tee) {
                     let _ = tx.send(Err(e));
                 }
-                tee
+                tee.into_copy()
             });
             let result = self.ingest_layer(
                 ChannelReader {
@@ -755,20 +871,17 @@ impl Store {
                 },
                 Some(diff_id),
             );
-            let tee = decoder.join();
-            (result, tee)
+            match decoder.join() {
+                Ok(copy) => (result, copy),
+                Err(_) => (
+                    Err(Error::Conflict(format!(
+                        "internal: the decoder of blob {} panicked",
+                        expected.digest
+                    ))),
+                    None,
+                ),
+            }
         });
-        let result = match (&mut tee, result) {
-            (Ok(_), r) => r,
-            (Err(_), _) => Err(Error::Conflict(format!(
-                "internal: the decoder of blob {} panicked",
-                expected.digest
-            ))),
-        };
-        let Ok(tee) = &mut tee else {
-            return result;
-        };
-        let copy = tee.copy.take();
         let info = match result {
             Ok(i) => i,
             Err(e) => {

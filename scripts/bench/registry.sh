@@ -46,6 +46,10 @@ command -v skopeo >/dev/null || { echo "error: skopeo is not installed (apt-get 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-registry-bench.XXXXXX")
 PIDS=()
 cleanup() {
+    # start_registry runs in a command substitution (a subshell): its PIDs come from files.
+    for f in "$WORK"/*/registry.pid; do
+        [[ -f $f ]] && PIDS+=("$(cat "$f")")
+    done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
@@ -73,7 +77,7 @@ http:
   addr: 127.0.0.1:$port
 CFG
     "$REGISTRY" serve "$dir/config.yml" >"$dir/log" 2>&1 &
-    PIDS+=($!)
+    echo $! >"$dir/registry.pid"
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
         sleep 0.1
