@@ -81,23 +81,29 @@ declare -a T_SAVE T_LOAD T_RELOAD T_SK_OCI T_SK_PLAIN T_SK_DA PAIR_LOAD PAIR_SAV
 growth=
 for run in $(seq "$RUNS"); do
     T_SAVE+=("$(time_one "rm -f $WORK/s.tar" "$S save -o $WORK/s.tar bench:1")")
-    T_LOAD+=("$(time_one "rm -rf $WORK/l; sync" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")")
+    # Each run writes into new directories and nothing is deleted until the end: ext4 without
+    # a journal (this machine) skips inodes freed in the last seconds when it allocates, so a
+    # store created right after removing the previous one (thousands of files) pays for the
+    # removal; skopeo writes one file per layer and would not.
+    L=$WORK/l$run
+    T_LOAD+=("$(time_one "sync" "$STRATA --root $L -q load -i $WORK/s.tar")")
     # Second load into a store that has the image: object bytes written.
-    obj_before=$(du -sb "$WORK/l/objects" | cut -f1)
-    T_RELOAD+=("$(time_one ":" "$STRATA --root $WORK/l -q load -i $WORK/s.tar")")
-    obj_after=$(du -sb "$WORK/l/objects" | cut -f1)
+    obj_before=$(du -sb "$L/objects" | cut -f1)
+    T_RELOAD+=("$(time_one ":" "$STRATA --root $L -q load -i $WORK/s.tar")")
+    obj_after=$(du -sb "$L/objects" | cut -f1)
     growth=$(echo "100 * ($obj_after - $obj_before) / $obj_before" | bc -l)
     if [[ $run == 1 ]]; then # round trip
-        $STRATA --root "$WORK/l" -q save -o "$WORK/s2.tar" bench:1
+        $STRATA --root "$L" -q save -o "$WORK/s2.tar" bench:1
         cmp -s "$WORK/s.tar" "$WORK/s2.tar" || { echo "error: save → load → save is not byte-identical" >&2; exit 1; }
         rm -f "$WORK/s2.tar"
     fi
-    T_SK_OCI+=("$(time_one "rm -rf $WORK/oci; sync" "skopeo copy -q docker-archive:$WORK/s.tar oci:$WORK/oci:t")")
-    rm -rf "$WORK/oci"
-    T_SK_PLAIN+=("$(time_one "rm -rf $WORK/ocip; sync" \
-        "skopeo copy -q --dest-decompress docker-archive:$WORK/s.tar oci:$WORK/ocip:t")")
+    T_SK_OCI+=("$(time_one "sync" "skopeo copy -q docker-archive:$WORK/s.tar oci:$WORK/oci$run:t")")
+    rm -rf "$WORK/oci$run"
+    T_SK_PLAIN+=("$(time_one "sync" \
+        "skopeo copy -q --dest-decompress docker-archive:$WORK/s.tar oci:$WORK/ocip$run:t")")
     T_SK_DA+=("$(time_one "rm -f $WORK/back.tar" \
-        "skopeo copy -q oci:$WORK/ocip:t docker-archive:$WORK/back.tar:bench:1")")
+        "skopeo copy -q oci:$WORK/ocip$run:t docker-archive:$WORK/back.tar:bench:1")")
+    rm -rf "$WORK/ocip$run"
     rm -f "$WORK/back.tar"
     PAIR_LOAD+=("$(echo "${T_SK_PLAIN[-1]} / ${T_LOAD[-1]}" | bc -l)")
     PAIR_SAVE+=("$(echo "${T_SK_DA[-1]} / ${T_SAVE[-1]}" | bc -l)")

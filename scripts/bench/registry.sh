@@ -105,22 +105,25 @@ for run in $(seq "$RUNS"); do
     REG_A=$(start_registry "reg-a-$run")
     REG_B=$(start_registry "reg-b-$run")
     # strata push: a fresh store copy each run so no blob digest is recorded yet (cold compress).
-    rm -rf "$WORK/push-store"; cp -a "$SRC" "$WORK/push-store"
-    S --root "$WORK/push-store" tag bench/debian:latest "$REG_A/bench/debian:1"
+    cp -a "$SRC" "$WORK/push-store$run"
+    S --root "$WORK/push-store$run" tag bench/debian:latest "$REG_A/bench/debian:1"
     sync
-    t0=$(now); S --root "$WORK/push-store" push "$REG_A/bench/debian:1"; t1=$(now)
+    t0=$(now); S --root "$WORK/push-store$run" push "$REG_A/bench/debian:1"; t1=$(now)
     T_PUSH+=("$(echo "$t1 - $t0" | bc)")
-    t0=$(now); S --root "$WORK/push-store" push "$REG_A/bench/debian:1"; t1=$(now)
+    t0=$(now); S --root "$WORK/push-store$run" push "$REG_A/bench/debian:1"; t1=$(now)
     T_PUSH2+=("$(echo "$t1 - $t0" | bc)")
     t0=$(now)
     skopeo copy -q --dest-tls-verify=false "docker-archive:$WORK/image.tar" "docker://$REG_B/bench/debian:1" >/dev/null
     t1=$(now)
     T_SKPUSH+=("$(echo "$t1 - $t0" | bc)")
-    rm -rf "$WORK/pull-store" "$WORK/skopeo-dir"
+    # New directories per run, removed only at exit: ext4 without a journal (this machine)
+    # skips inodes freed in the last seconds, so a store made right after removing another
+    # pays for the removal (skopeo writes one file per layer and would not).
+    rm -rf "$WORK/skopeo-dir"
     sync
-    t0=$(now); S --root "$WORK/pull-store" pull "$REG_A/bench/debian:1"; t1=$(now)
+    t0=$(now); S --root "$WORK/pull-store$run" pull "$REG_A/bench/debian:1"; t1=$(now)
     T_PULL+=("$(echo "$t1 - $t0" | bc)")
-    got=$("$STRATA" --root "$WORK/pull-store" --format json inspect "$REG_A/bench/debian:1" | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d.get("id") or d.get("Id"))')
+    got=$("$STRATA" --root "$WORK/pull-store$run" --format json inspect "$REG_A/bench/debian:1" | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d.get("id") or d.get("Id"))')
     [[ $got == "$IMAGE_ID" ]] || { echo "error: pulled image ID $got != $IMAGE_ID" >&2; exit 1; }
     t0=$(now)
     skopeo copy -q --src-tls-verify=false "docker://$REG_A/bench/debian:1" "dir:$WORK/skopeo-dir" >/dev/null
@@ -131,7 +134,7 @@ for run in $(seq "$RUNS"); do
     skopeo copy -q --src-tls-verify=false --dest-decompress "docker://$REG_A/bench/debian:1" "dir:$WORK/skopeo-dir" >/dev/null
     t1=$(now)
     T_SKPULLD+=("$(echo "$t1 - $t0" | bc)")
-    rm -rf "$WORK/skopeo-dir" "$WORK/pull-store"
+    rm -rf "$WORK/skopeo-dir"
 done
 
 BLOB_MB=$(du -m "$WORK/reg-a-1/data" | tail -1 | cut -f1)
