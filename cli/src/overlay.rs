@@ -296,6 +296,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     let mut options = crate::union::cli_mount_options("fuse-overlayfs");
     options.allow_other = o.allow_other;
     options.fsync_copy_up = !o.no_fsync;
+    options.redirect_dir = !o.redirect_dir_off;
     crate::union::serve_foreground(
         UnionConfig {
             lowers,

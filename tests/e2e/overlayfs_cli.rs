@@ -194,6 +194,39 @@ fn rootless_dropin_merges_overlay_format_lowers_and_daemonises() {
 }
 
 #[test]
+fn rootless_dropin_honours_redirect_dir_off() {
+    if !fuse_usable() {
+        return;
+    }
+    let env = TestEnv::new();
+    let (l1, l2, up, work) = layers(&env);
+    let mnt = env.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let _g = Guard(mnt.clone());
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={},redirect_dir=off",
+        l1.display(),
+        l2.display(),
+        up.display(),
+        work.display()
+    );
+    let o = Command::new(dropin())
+        .args(["-o", &opts])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A directory with lower content cannot move (EXDEV, as overlayfs answers); `mv` copies.
+    let err = fs::rename(mnt.join("keep"), mnt.join("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+    // A new directory and files still move.
+    fs::create_dir(mnt.join("fresh")).unwrap();
+    fs::rename(mnt.join("fresh"), mnt.join("fresh2")).unwrap();
+    fs::rename(mnt.join("a"), mnt.join("a2")).unwrap();
+    unmount(&mnt);
+}
+
+#[test]
 fn dropin_and_kernel_overlayfs_read_each_others_upper() {
     if !strata::is_root() || !fuse_usable() {
         eprintln!("skipped: kernel overlayfs needs root");

@@ -50,6 +50,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// fsync copied-up files before renaming them into place.
     pub fsync_copy_up: bool,
+    /// Allow renaming directories that have lower content (`redirect_dir=off` clears it).
+    pub redirect_dir: bool,
     /// The `fsname` shown in `/proc/mounts`.
     pub fs_name: String,
 }
@@ -65,6 +67,7 @@ impl Default for MountOptions {
             writeback_cache: false,
             allow_other: rustix::process::geteuid().is_root(),
             fsync_copy_up: true,
+            redirect_dir: true,
             fs_name: "strata".into(),
         }
     }
@@ -240,6 +243,7 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
         FsOptions {
             fsync_copy_up: config.options.fsync_copy_up,
             writeback_cache: config.options.writeback_cache && !config.options.passthrough,
+            redirect_dir: config.options.redirect_dir,
         },
     )?;
     let mut opts = vec![

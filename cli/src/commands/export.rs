@@ -60,7 +60,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         Some((c.upper(), work.path().to_owned())),
         FsOptions {
             fsync_copy_up: false,
-            writeback_cache: false,
+            ..FsOptions::default()
         },
     )
     .with_context(|| format!("opening the union of container {}", c.name))?;

@@ -146,6 +146,10 @@ pub struct FsOptions {
     /// The kernel writeback cache is on: it positions appends itself and flushes dirty pages
     /// through any writable handle, so upper files are never opened with `O_APPEND`.
     pub writeback_cache: bool,
+    /// Directories with lower content may be renamed (by a redirect in the upper). Off, as
+    /// overlayfs's and fuse-overlayfs's `redirect_dir=off`, such a rename fails with `EXDEV`
+    /// (and `mv` falls back to copying).
+    pub redirect_dir: bool,
 }
 
 impl Default for FsOptions {
@@ -153,6 +157,7 @@ impl Default for FsOptions {
         FsOptions {
             fsync_copy_up: true,
             writeback_cache: false,
+            redirect_dir: true,
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct UnionFs {
     lower_listings: Mutex<HashMap<Ino, Arc<[DirItem]>>>,
     euid_root: bool,
     writeback_cache: bool,
+    redirect_dir: bool,
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -244,6 +250,7 @@ impl UnionFs {
             lower_listings: Mutex::new(HashMap::new()),
             euid_root: rustix::process::geteuid().is_root(),
             writeback_cache: options.writeback_cache,
+            redirect_dir: options.redirect_dir,
         })
     }
 

@@ -868,6 +868,14 @@ impl UnionFs {
         let np = self.state(new_parent)?;
         let src_need_wh = !self.lower_child(&sp.lower, name)?.0.is_empty();
         let dst_lower_has = !self.lower_child(&np.lower, new_name)?.0.is_empty();
+        if ss.kind == EntryKind::Dir && !ss.lower.is_empty() && !self.redirect_dir {
+            // redirect_dir=off: no redirect may be written, so the kernel's answer.
+            return Err(FsError::Io {
+                op: "rename a directory with lower content (redirect_dir=off)",
+                path: PathBuf::from(name),
+                source: std::io::Error::from_raw_os_error(libc::EXDEV),
+            });
+        }
         let prel = self.ensure_upper_dir(parent)?;
         let nrel = self.ensure_upper_dir(new_parent)?;
         if ss.kind == EntryKind::Dir {
