@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::media;
 use crate::digest::{Digest, Hasher};
+use crate::digest::{HashWrite, ProgressWrite};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::LayerInfo;
 use crate::objects::TMP_DIR;
@@ -232,40 +233,6 @@ pub struct ExpectedBlob {
     pub size: u64,
     /// Announced media type.
     pub media_type: String,
-}
-
-struct HashWrite<W> {
-    inner: W,
-    hasher: Hasher,
-    count: u64,
-}
-
-impl<W: Write> Write for HashWrite<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-struct ProgressWrite<'a, W> {
-    inner: W,
-    progress: &'a mut dyn FnMut(u64),
-}
-
-impl<W: Write> Write for ProgressWrite<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        (self.progress)(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// One compressed gzip block: its deflate bytes and the CRC of its input.

@@ -141,6 +141,42 @@ impl Hasher {
     }
 }
 
+/// Writes through to `inner`, hashing and counting what was written.
+pub(crate) struct HashWrite<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: Hasher,
+    pub(crate) count: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for HashWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reports every chunk written to a progress callback.
+pub(crate) struct ProgressWrite<'a, W> {
+    pub(crate) inner: W,
+    pub(crate) progress: &'a mut dyn FnMut(u64),
+}
+
+impl<W: std::io::Write> std::io::Write for ProgressWrite<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The ChainID of a stack of layers given their DiffIDs, base first
 /// (`ChainID(L0) = DiffID(L0)`, `ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))`).
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {

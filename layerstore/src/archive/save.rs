@@ -13,6 +13,7 @@ use super::{
     OCI_LAYOUT_CONTENT, OCI_LAYOUT_FILE, REPOSITORIES_FILE, Result, io_err, media, rfc3339_secs,
 };
 use crate::digest::{Digest, Hasher};
+use crate::digest::{HashWrite, ProgressWrite};
 use crate::image::ImageConfig;
 use crate::reference::ImageRef;
 use crate::store::{ImageRecord, Store, StoreLock};
@@ -91,42 +92,6 @@ pub struct SavePlan<'s> {
     layers: Vec<LayerBlob>,
     codec: LayerCodec,
     _lock: StoreLock,
-}
-
-/// Writes through to `inner`, hashing and counting.
-struct HashWrite<W> {
-    inner: W,
-    hasher: Hasher,
-    count: u64,
-}
-
-impl<W: Write> Write for HashWrite<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reports every chunk written to a progress callback.
-struct ProgressWrite<'a, W> {
-    inner: W,
-    progress: &'a mut dyn FnMut(u64),
-}
-
-impl<W: Write> Write for ProgressWrite<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        (self.progress)(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 impl Store {
