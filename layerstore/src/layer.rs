@@ -244,25 +244,6 @@ impl<R: Read> Read for OffloadHashReader<R> {
     }
 }
 
-/// A writer that hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-    count: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// SQLite page cache for the index transaction of an ingest, in KiB.
 const INDEX_CACHE_KIB: i64 = 64 << 10;
 /// Contents queued for the object writer before the parser waits for it.
@@ -693,7 +674,7 @@ impl Store {
             })?;
             rows.collect()
         })?;
-        let mut w = HashingWriter {
+        let mut w = crate::digest::HashWrite {
             inner: out,
             hasher: Hasher::new(),
             count: 0,
