@@ -166,6 +166,22 @@ pub fn default_root() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/strata"))
 }
 
+/// Parses the name a new image gets (`import`, `commit`): tag `latest` when none is given, and
+/// no digest (a tag cannot hold one). Checked before any work is done.
+///
+/// # Errors
+/// An invalid reference, or one with a digest.
+pub fn target_name(name: Option<&str>) -> Result<Option<layerstore::ImageRef>> {
+    let Some(name) = name else { return Ok(None) };
+    let r = layerstore::ImageRef::parse(name)
+        .map(layerstore::ImageRef::with_default_tag)
+        .context("the image name")?;
+    if r.digest().is_some() {
+        anyhow::bail!("the image name {r} has a digest; give name[:tag]");
+    }
+    Ok(Some(r))
+}
+
 /// True when running as root.
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")

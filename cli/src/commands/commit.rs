@@ -13,7 +13,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use layerstore::commit::{CommitEntry, CommitKind, Content};
 use layerstore::image::{History, ImageConfig, now_rfc3339};
-use layerstore::reference::ImageRef;
 use unionfs::LowerTree;
 use unionfs::changes::{self, Change, ChangeKind, LinkKey};
 
@@ -51,17 +50,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     if let Some(code) = crate::runtime::enter_userns_for_container(&g.root, &a.container)? {
         return Ok(code);
     }
-    let reference = a
-        .reference
-        .as_deref()
-        .map(|r| ImageRef::parse(r).map(ImageRef::with_default_tag))
-        .transpose()
-        .context("the image name")?;
-    if let Some(r) = &reference
-        && r.digest().is_some()
-    {
-        bail!("the image name {r} has a digest; give name[:tag]");
-    }
+    let reference = crate::target_name(a.reference.as_deref())?;
     // Check the instructions before reading anything.
     let mut probe = layerstore::RunConfig::default();
     for c in &a.changes {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use layerstore::image::{History, ImageConfig, now_rfc3339};
-use layerstore::reference::ImageRef;
 
 use crate::output::{ImportJson, print_json};
 use crate::progress::{ProgressReader, bytes_bar};
@@ -34,17 +33,7 @@ pub struct Args {
 /// Bad reference, bad tar, store errors.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     // Validate everything cheap before reading a byte.
-    let reference = a
-        .reference
-        .as_deref()
-        .map(|r| ImageRef::parse(r).map(ImageRef::with_default_tag))
-        .transpose()
-        .context("the image name")?;
-    if let Some(r) = &reference
-        && r.digest().is_some()
-    {
-        anyhow::bail!("the image name {r} has a digest; give name[:tag]");
-    }
+    let reference = crate::target_name(a.reference.as_deref())?;
     let mut cfg = ImageConfig::new_for_host(Vec::new());
     for c in &a.changes {
         change::apply(cfg.run_config_mut(), c)?;
