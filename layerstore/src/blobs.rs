@@ -508,17 +508,7 @@ impl<'s, R: Read> VerifyingTee<'s, R> {
         // Drop our reference first so a chunk coming back is ours alone.
         self.cur = std::sync::Arc::new(Vec::new());
         self.pos = 0;
-        let mut buf = loop {
-            match self.free.try_recv() {
-                Ok(a) => {
-                    if let Ok(v) = std::sync::Arc::try_unwrap(a) {
-                        break v;
-                    }
-                }
-                Err(_) => break vec![0u8; TEE_CHUNK],
-            }
-        };
-        buf.resize(TEE_CHUNK, 0);
+        let mut buf = crate::digest::recycled_buffer(&self.free, TEE_CHUNK);
         let mut n = 0;
         while n < TEE_CHUNK {
             match self.inner.read(&mut buf[n..]) {

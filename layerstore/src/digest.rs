@@ -141,6 +141,26 @@ impl Hasher {
     }
 }
 
+/// A buffer of `size` bytes for a reader that hands chunks to a hashing thread: one the thread
+/// gave back (and no one else holds any more) when there is one, else a new one.
+pub(crate) fn recycled_buffer(
+    free: &crossbeam_channel::Receiver<std::sync::Arc<Vec<u8>>>,
+    size: usize,
+) -> Vec<u8> {
+    let mut buf = loop {
+        match free.try_recv() {
+            Ok(a) => {
+                if let Ok(v) = std::sync::Arc::try_unwrap(a) {
+                    break v;
+                }
+            }
+            Err(_) => break vec![0u8; size],
+        }
+    };
+    buf.resize(size, 0);
+    buf
+}
+
 /// Writes through to `inner`, hashing and counting what was written.
 pub(crate) struct HashWrite<W> {
     pub(crate) inner: W,

@@ -180,17 +180,7 @@ impl<R: Read> OffloadHashReader<R> {
         // Drop our reference first so a chunk coming back is ours alone.
         self.cur = std::sync::Arc::new(Vec::new());
         self.pos = 0;
-        let mut buf = loop {
-            match self.free.try_recv() {
-                Ok(a) => {
-                    if let Ok(v) = std::sync::Arc::try_unwrap(a) {
-                        break v;
-                    }
-                }
-                Err(_) => break vec![0u8; HASH_CHUNK],
-            }
-        };
-        buf.resize(HASH_CHUNK, 0);
+        let mut buf = crate::digest::recycled_buffer(&self.free, HASH_CHUNK);
         let mut n = 0;
         // Fill most of the chunk (decoders return short reads) so the hand-off is amortised.
         while n < HASH_CHUNK / 2 {
