@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use unionfs::{DirTree, LowerTree, UnionConfig, UpperDirs};
+use unionfs::idmap::parse_ranges;
+use unionfs::{DirTree, IdMap, LowerTree, UnionConfig, UpperDirs};
 
 /// Options a drop-in must accept (fuse-overlayfs 1.x and 2.0); those strata acts on are parsed
 /// below, the rest are accepted silently.
@@ -102,10 +103,17 @@ pub struct OverlayOptions {
     pub allow_other: bool,
     /// `redirect_dir=off`.
     pub redirect_dir_off: bool,
-    /// `uidmapping=`/`gidmapping=`/`squash_*` were given (not applied yet: warned about).
-    pub id_mapping: bool,
+    /// `uidmapping=`/`gidmapping=`/`squash_*`: ids shown inside the mount vs ids on disk.
+    pub id_map: IdMap,
     /// Warnings for the user (unknown options, accepted-but-ignored ones).
     pub warnings: Vec<String>,
+}
+
+/// The value of `squash_to_uid=`/`squash_to_gid=`.
+fn parse_id(key: &str, v: &str) -> Result<u32> {
+    v.trim()
+        .parse()
+        .with_context(|| format!("{key}={v}: not an id (a number 0..4294967295)"))
 }
 
 /// Splits `-o` text at commas outside double quotes; quotes are removed, `\,` keeps a comma.
@@ -211,17 +219,18 @@ pub fn parse_args(args: &[OsString]) -> Result<Invocation> {
                 "redirect_dir={}: only redirect_dir=off is supported (as fuse-overlayfs)",
                 v.unwrap_or_default()
             ),
-            (
-                "uidmapping" | "gidmapping" | "squash_to_root" | "squash_to_uid" | "squash_to_gid",
-                _,
-            ) => {
-                if !opts.id_mapping {
-                    opts.warnings.push(format!(
-                        "{k}: id mapping is not applied yet; files show the ids stored in the layers"
-                    ));
-                }
-                opts.id_mapping = true;
+            ("uidmapping", Some(v)) => {
+                opts.id_map.uids = parse_ranges(&v).context("uidmapping=")?;
             }
+            ("gidmapping", Some(v)) => {
+                opts.id_map.gids = parse_ranges(&v).context("gidmapping=")?;
+            }
+            ("squash_to_root", _) => {
+                opts.id_map.squash_uid.get_or_insert(0);
+                opts.id_map.squash_gid.get_or_insert(0);
+            }
+            ("squash_to_uid", Some(v)) => opts.id_map.squash_uid = Some(parse_id(&k, &v)?),
+            ("squash_to_gid", Some(v)) => opts.id_map.squash_gid = Some(parse_id(&k, &v)?),
             (k, _) if ACCEPTED.contains(&k) => {}
             (k, _) => opts.warnings.push(format!("unknown argument ignored: {k}")),
         }
@@ -297,6 +306,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     options.allow_other = o.allow_other;
     options.fsync_copy_up = !o.no_fsync;
     options.redirect_dir = !o.redirect_dir_off;
+    options.id_map = o.id_map;
     crate::union::serve_foreground(
         UnionConfig {
             lowers,
@@ -344,8 +354,14 @@ mod tests {
             Some(std::path::Path::new("/s/x/work"))
         );
         assert_eq!(o.mountpoint, PathBuf::from("/s/x/merged"));
-        assert!(o.no_fsync && o.id_mapping);
-        assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings); // the id-mapping notice only
+        assert!(o.no_fsync);
+        assert_eq!(o.id_map.uids.len(), 2);
+        assert_eq!(
+            (o.id_map.shown_uid(0), o.id_map.shown_uid(1)),
+            (1000, 100000)
+        );
+        assert_eq!(o.id_map.disk_gid(1000), 0);
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
     }
 
     #[test]
@@ -380,11 +396,14 @@ mod tests {
                    squash_to_uid=1000,squash_to_gid=1000";
         let o = mount(&["-o", all, "/m"]);
         assert!(o.redirect_dir_off);
-        assert!(
-            o.warnings.iter().all(|w| w.contains("id mapping")),
-            "{:?}",
-            o.warnings
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        // squash_to_uid/gid win over squash_to_root, in either order (fuse-overlayfs).
+        assert_eq!(
+            (o.id_map.squash_uid, o.id_map.squash_gid),
+            (Some(1000), Some(1000))
         );
+        let o = mount(&["-o", "lowerdir=/l,squash_to_root", "/m"]);
+        assert_eq!((o.id_map.shown_uid(1234), o.id_map.shown_gid(5)), (0, 0));
         let o = mount(&["-o", "lowerdir=/l,lazytime,frobnicate=1", "--weird", "/m"]);
         assert_eq!(o.warnings.len(), 3, "{:?}", o.warnings);
         assert!(o.warnings[0].starts_with("unknown argument ignored"));
@@ -402,6 +421,16 @@ mod tests {
             "upper without work"
         );
         assert!(parse(&["-o", "lowerdir=/l,redirect_dir=on", "/m"]).is_err());
+        for bad in [
+            "uidmapping=0:1000",
+            "gidmapping=0:x:1",
+            "uidmapping=0:1000:0",
+            "squash_to_uid=-1",
+        ] {
+            let e = parse(&["-o", &format!("lowerdir=/l,{bad}"), "/m"]).unwrap_err();
+            let chain = format!("{e:#}");
+            assert!(chain.contains(bad.split('=').next().unwrap()), "{chain}");
+        }
         assert!(parse(&["-o"]).is_err());
         assert_eq!(parse(&["-V"]).unwrap(), Invocation::Version);
         assert!(version_text().contains("fuse-overlayfs: version"));

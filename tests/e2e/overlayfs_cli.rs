@@ -299,3 +299,166 @@ fn dropin_and_kernel_overlayfs_read_each_others_upper() {
     );
     unmount(&mnt2);
 }
+
+/// `(path, uid, gid)` of every entry under `root`, sorted (the root itself as ".").
+fn owners(root: &Path) -> Vec<(String, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let rel = if rel.is_empty() { ".".into() } else { rel };
+        // Whiteout and opaque-marker files differ between implementations (fuse-overlayfs
+        // also marks a new directory opaque with `.wh..wh..opq` files).
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(".wh.")) {
+            continue;
+        }
+        out.push((rel, md.uid(), md.gid()));
+        if md.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The lower of the id-mapping tests: the image's (container) ids 0.., one id outside every
+/// range, and a world-writable dir for an unprivileged caller.
+fn idmap_lower(env: &TestEnv) -> PathBuf {
+    let l = env.path("idl");
+    fs::create_dir_all(l.join("etc")).unwrap();
+    fs::create_dir_all(l.join("tmp")).unwrap();
+    fs::write(l.join("etc/passwd"), b"root:x:0:0\n").unwrap();
+    fs::write(l.join("etc/app"), b"app").unwrap();
+    fs::write(l.join("stray"), b"outside the ranges").unwrap();
+    std::os::unix::fs::symlink("etc/app", l.join("link")).unwrap();
+    for (p, u, g) in [
+        (".", 0, 0),
+        ("etc", 0, 0),
+        ("etc/passwd", 0, 0),
+        ("etc/app", 33, 34),
+        ("link", 33, 33),
+        ("tmp", 0, 0),
+        ("stray", 70000, 70000),
+    ] {
+        std::os::unix::fs::lchown(l.join(p), Some(u), Some(g)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(l.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    l
+}
+
+/// Mounts `program` (a fuse-overlayfs command line) with `extra` options over the id-mapping
+/// lower, shows the merged owners, makes changes as root and as host uid 1033, and returns (owners seen in the mount before, after, owners written to the upper).
+type Views = (
+    Vec<(String, u32, u32)>,
+    Vec<(String, u32, u32)>,
+    Vec<(String, u32, u32)>,
+);
+fn idmap_views(program: &Path, extra: &str) -> Views {
+    let env = TestEnv::new();
+    // uid 33 must reach the mountpoint.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let l = idmap_lower(&env);
+    let (up, work, mnt) = (env.path("up"), env.path("work"), env.path("mnt"));
+    for d in [&up, &work, &mnt] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let _g = Guard(mnt.clone());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},{extra}",
+        l.display(),
+        up.display(),
+        work.display()
+    );
+    let o = Command::new(program)
+        .args(["-o", &opts])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = owners(&mnt);
+    // As host root: a new file and dir, a chown of a lower file (copy-up), a symlink.
+    fs::write(mnt.join("etc/new"), b"n").unwrap();
+    fs::create_dir(mnt.join("newdir")).unwrap();
+    std::os::unix::fs::lchown(mnt.join("etc/passwd"), Some(1033), Some(1034)).unwrap();
+    std::os::unix::fs::symlink("x", mnt.join("newlink")).unwrap();
+    // As host uid 1033 (the container's 33 where container 0 is host 1000): a file in the
+    // sticky dir. Where ids are squashed the new file shows another owner and touch cannot
+    // set its times: the exit status is part of the comparison.
+    let st = Command::new("setpriv")
+        .args(["--reuid=1033", "--regid=1033", "--clear-groups", "touch"])
+        .arg(mnt.join("tmp/by33"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let mut after = owners(&mnt);
+    after.push((
+        "<touch exit status>".into(),
+        st.code().unwrap_or(-1) as u32,
+        0,
+    ));
+    unmount(&mnt);
+    (before, after, owners(&up))
+}
+
+/// uidmapping/gidmapping and squash_* as fuse-overlayfs applies them: the test runs Debian's
+/// fuse-overlayfs and strata-overlayfs with the same options and compares the owners shown in
+/// the mount and the owners written to the upper.
+#[test]
+fn dropin_maps_ids_as_fuse_overlayfs() {
+    if !strata::is_root() || !fuse_usable() {
+        eprintln!("skipped: chown of the test lower needs root");
+        return;
+    }
+    let peer = PathBuf::from("/usr/bin/fuse-overlayfs");
+    if !peer.exists() {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "fuse-overlayfs is not installed"
+        );
+        eprintln!("skipped: no fuse-overlayfs");
+        return;
+    }
+    for extra in [
+        "uidmapping=0:1000:100:100:5:1,gidmapping=0:1000:100:1000:1100:100",
+        "uidmapping=0:1000:65536,gidmapping=0:1000:65536,squash_to_root",
+        "uidmapping=0:1000:65536,squash_to_uid=7,squash_to_gid=8",
+    ] {
+        let ours = idmap_views(&dropin(), extra);
+        let theirs = idmap_views(&peer, extra);
+        assert_eq!(ours.0, theirs.0, "{extra}: owners shown before changes");
+        assert_eq!(ours.1, theirs.1, "{extra}: owners shown after changes");
+        assert_eq!(ours.2, theirs.2, "{extra}: owners written to the upper");
+    }
+    // The figures themselves (not only "the same as the peer").
+    let (before, after, upper) =
+        idmap_views(&dropin(), "uidmapping=0:1000:65536,gidmapping=0:1000:65536");
+    let get = |v: &[(String, u32, u32)], p: &str| {
+        v.iter()
+            .find(|e| e.0 == p)
+            .map(|e| (e.1, e.2))
+            .unwrap_or_else(|| panic!("{p} missing in {v:?}"))
+    };
+    assert_eq!(get(&before, "etc/passwd"), (1000, 1000));
+    assert_eq!(get(&before, "etc/app"), (1033, 1034));
+    assert_eq!(get(&before, "stray"), (65534, 65534), "outside every range");
+    assert_eq!(
+        get(&upper, "etc/passwd"),
+        (33, 34),
+        "chown 1033:1034 is 33:34"
+    );
+    assert_eq!(
+        get(&upper, "etc/new"),
+        (65534, 65534),
+        "host root is unmapped"
+    );
+    assert_eq!(get(&upper, "tmp/by33"), (33, 33));
+    assert_eq!(get(&after, "tmp/by33"), (1033, 1033));
+    assert_eq!(get(&after, "<touch exit status>"), (0, 0));
+}

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use crate::error::FsError;
 use crate::fs::write::{SetAttr, SetTime};
 use crate::fs::{Attr, Caller, Entry, Fh, Ino, UnionFs};
+use crate::idmap::IdMap;
 use crate::lower::EntryKind;
 use crate::mount::MountOptions;
 
@@ -34,7 +35,7 @@ fn file_type(k: EntryKind) -> FileType {
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
+fn file_attr(a: &Attr, ids: &IdMap) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
@@ -46,8 +47,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: ids.shown_uid(a.uid),
+        gid: ids.shown_gid(a.gid),
         rdev: u32::try_from(a.rdev).unwrap_or(0),
         blksize: 4096,
         flags: 0,
@@ -77,10 +78,11 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn caller(req: &Request) -> Caller {
+/// The caller of a request, as ids on disk.
+fn caller(req: &Request, ids: &IdMap) -> Caller {
     Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+        uid: ids.disk_uid(req.uid()),
+        gid: ids.disk_gid(req.gid()),
     }
 }
 
@@ -141,7 +143,12 @@ impl FuseAdapter {
         } else {
             (self.opts.attr_ttl, self.opts.entry_ttl)
         };
-        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&e.attr), Generation(0));
+        reply.entry_with_ttls(
+            &attr_ttl,
+            &entry_ttl,
+            &file_attr(&e.attr, &self.opts.id_map),
+            Generation(0),
+        );
     }
 
     /// Counts an open handle of `ino` and decides its I/O mode: the inode's current mode, or for
@@ -220,7 +227,7 @@ impl Filesystem for FuseAdapter {
             // searches probe the same missing names again and again); it forgets it itself
             // when a name is created through the mount, the only way the union changes.
             Err(FsError::NotFound) if !self.opts.entry_ttl.is_zero() => {
-                let mut attr = file_attr(&NEGATIVE_ATTR);
+                let mut attr = file_attr(&NEGATIVE_ATTR, &self.opts.id_map);
                 attr.ino = INodeNo(0);
                 reply.entry_with_ttls(&Duration::ZERO, &self.opts.entry_ttl, &attr, Generation(0));
             }
@@ -234,7 +241,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
-            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a, &self.opts.id_map)),
             Err(e) => reply.error(errno("getattr", ino.0, &e)),
         }
     }
@@ -257,10 +264,11 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ids = &self.opts.id_map;
         let set = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| ids.disk_uid(u)),
+            gid: gid.map(|g| ids.disk_gid(g)),
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
@@ -279,13 +287,16 @@ impl Filesystem for FuseAdapter {
         let fh = fh.map(|f| Fh(f.0));
         let r = self.fs.setattr(Ino(ino.0), set, fh).and_then(|a| {
             if kill {
-                Ok(self.fs.kill_suid(Ino(ino.0), fh, req.gid())?.unwrap_or(a))
+                Ok(self
+                    .fs
+                    .kill_suid(Ino(ino.0), fh, ids.disk_gid(req.gid()))?
+                    .unwrap_or(a))
             } else {
                 Ok(a)
             }
         });
         match r {
-            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a, &self.opts.id_map)),
             Err(e) => reply.error(errno("setattr", ino.0, &e)),
         }
     }
@@ -308,10 +319,14 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .mknod(Ino(parent.0), name, mode, umask, rdev.into(), caller(req))
-        {
+        match self.fs.mknod(
+            Ino(parent.0),
+            name,
+            mode,
+            umask,
+            rdev.into(),
+            caller(req, &self.opts.id_map),
+        ) {
             Ok(e) => self.reply_entry(reply, &e),
             Err(e) => reply.error(errno("mknod", parent.0, &e)),
         }
@@ -326,7 +341,13 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(Ino(parent.0), name, mode, umask, caller(req)) {
+        match self.fs.mkdir(
+            Ino(parent.0),
+            name,
+            mode,
+            umask,
+            caller(req, &self.opts.id_map),
+        ) {
             Ok(e) => self.reply_entry(reply, &e),
             Err(e) => reply.error(errno("mkdir", parent.0, &e)),
         }
@@ -354,10 +375,12 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .symlink(Ino(parent.0), link_name, target, caller(req))
-        {
+        match self.fs.symlink(
+            Ino(parent.0),
+            link_name,
+            target,
+            caller(req, &self.opts.id_map),
+        ) {
             Ok(e) => self.reply_entry(reply, &e),
             Err(e) => reply.error(errno("symlink", parent.0, &e)),
         }
@@ -448,7 +471,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let r = self.fs.write(Fh(fh.0), offset, data).and_then(|n| {
             if self.killpriv && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.fs.kill_suid(Ino(ino.0), Some(Fh(fh.0)), req.gid())?;
+                self.fs.kill_suid(
+                    Ino(ino.0),
+                    Some(Fh(fh.0)),
+                    self.opts.id_map.disk_gid(req.gid()),
+                )?;
             }
             Ok(n)
         });
@@ -612,7 +639,7 @@ impl Filesystem for FuseAdapter {
                 next,
                 &item.name,
                 &ttl,
-                &file_attr(&e.attr),
+                &file_attr(&e.attr, &self.opts.id_map),
                 Generation(0),
             );
             if full && !dot {
@@ -719,10 +746,14 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(Ino(parent.0), name, mode, umask, flags, caller(req))
-        {
+        match self.fs.create(
+            Ino(parent.0),
+            name,
+            mode,
+            umask,
+            flags,
+            caller(req, &self.opts.id_map),
+        ) {
             Ok((e, fh)) => {
                 // Writes to a new file go straight to its upper file (no WRITE round trips).
                 let id = if self.passthrough {
@@ -735,7 +766,7 @@ impl Filesystem for FuseAdapter {
                 } else {
                     self.opts.entry_ttl
                 };
-                let attr = file_attr(&e.attr);
+                let attr = file_attr(&e.attr, &self.opts.id_map);
                 match id {
                     Some(id) => reply.created_passthrough(
                         &ttl,

@@ -21,6 +21,7 @@
 //!   inode.rs  InodeTable: merged path -> inode         upper.rs   upper dir, whiteouts, data copy
 //! fuse.rs     fuser adapter (the only file with Reply*) mount.rs  UnionConfig, spawn, mount
 //! error.rs    FsError with an exhaustive errno()      sys.rs     the only unsafe (signals)
+//! idmap.rs    uid/gid shifting (uidmapping=, squash_*), applied by fuse.rs only
 //! ```
 //!
 //! # Upper directory on disk
@@ -51,6 +52,7 @@ pub mod dirtree;
 pub mod error;
 pub mod fs;
 mod fuse;
+pub mod idmap;
 pub mod index;
 pub mod lower;
 mod mount;
@@ -63,6 +65,7 @@ pub use dirtree::DirTree;
 pub use error::{FsError, Result};
 pub use fs::write::{SetAttr, SetTime};
 pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
+pub use idmap::{IdMap, IdRange};
 pub use index::{IndexEntry, IndexKind, IndexTree};
 pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
 pub use mount::{MountOptions, Session, UnionConfig, UpperDirs, mount, spawn};

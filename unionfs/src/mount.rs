@@ -10,6 +10,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::error::{FsError, Result};
 use crate::fs::{FsOptions, UnionFs};
 use crate::fuse::FuseAdapter;
+use crate::idmap::IdMap;
 use crate::lower::LowerTree;
 use crate::sys;
 
@@ -54,6 +55,9 @@ pub struct MountOptions {
     pub redirect_dir: bool,
     /// The `fsname` shown in `/proc/mounts`.
     pub fs_name: String,
+    /// uid/gid shifting between the ids on disk and the ids shown (fuse-overlayfs's
+    /// `uidmapping=`, `gidmapping=`, `squash_*`); the default maps nothing.
+    pub id_map: IdMap,
 }
 
 impl Default for MountOptions {
@@ -69,6 +73,7 @@ impl Default for MountOptions {
             fsync_copy_up: true,
             redirect_dir: true,
             fs_name: "strata".into(),
+            id_map: IdMap::default(),
         }
     }
 }
@@ -244,6 +249,7 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
             fsync_copy_up: config.options.fsync_copy_up,
             writeback_cache: config.options.writeback_cache && !config.options.passthrough,
             redirect_dir: config.options.redirect_dir,
+            ignore_chown_errors: config.options.id_map.squashed(),
         },
     )?;
     let mut opts = vec![

@@ -150,6 +150,9 @@ pub struct FsOptions {
     /// overlayfs's and fuse-overlayfs's `redirect_dir=off`, such a rename fails with `EXDEV`
     /// (and `mv` falls back to copying).
     pub redirect_dir: bool,
+    /// A chown that fails on disk succeeds anyway (fuse-overlayfs does this when ids are
+    /// squashed: the owner shown never changes).
+    pub ignore_chown_errors: bool,
 }
 
 impl Default for FsOptions {
@@ -158,6 +161,7 @@ impl Default for FsOptions {
             fsync_copy_up: true,
             writeback_cache: false,
             redirect_dir: true,
+            ignore_chown_errors: false,
         }
     }
 }
@@ -192,6 +196,7 @@ pub struct UnionFs {
     euid_root: bool,
     writeback_cache: bool,
     redirect_dir: bool,
+    ignore_chown_errors: bool,
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -251,6 +256,7 @@ impl UnionFs {
             euid_root: rustix::process::geteuid().is_root(),
             writeback_cache: options.writeback_cache,
             redirect_dir: options.redirect_dir,
+            ignore_chown_errors: options.ignore_chown_errors,
         })
     }
 

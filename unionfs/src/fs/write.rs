@@ -984,6 +984,7 @@ impl UnionFs {
             let path = u.path(&self.path_of(ino)?);
             if set.uid.is_some() || set.gid.is_some() {
                 std::os::unix::fs::lchown(&path, set.uid, set.gid)
+                    .or_else(|e| self.chown_failed(e))
                     .map_err(FsError::io("chown", &path))?;
             }
             if let Some(mode) = set.mode
@@ -997,6 +998,15 @@ impl UnionFs {
             }
         }
         self.getattr(ino, fh)
+    }
+
+    /// A chown of the upper failed with `e`: an error, unless failures are ignored.
+    fn chown_failed(&self, e: std::io::Error) -> std::io::Result<()> {
+        if self.ignore_chown_errors {
+            Ok(())
+        } else {
+            Err(e)
+        }
     }
 
     /// Clears setuid, and setgid unless the file is not group-executable and `caller_gid` is
@@ -1038,7 +1048,9 @@ impl UnionFs {
             if set.uid.is_some() || set.gid.is_some() {
                 let uid = set.uid.map(rustix::fs::Uid::from_raw);
                 let gid = set.gid.map(rustix::fs::Gid::from_raw);
-                rustix::fs::fchown(f, uid, gid).map_err(io("chown"))?;
+                rustix::fs::fchown(f, uid, gid)
+                    .or_else(|e| self.chown_failed(e.into()))
+                    .map_err(|e| FsError::io("chown", "<unlinked file>")(e))?;
             }
             if let Some(mode) = set.mode {
                 rustix::fs::fchmod(f, Mode::from_raw_mode(mode & 0o7777)).map_err(io("chmod"))?;
