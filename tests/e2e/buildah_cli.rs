@@ -58,7 +58,15 @@ fn top_layer(layout: &Path) -> Vec<String> {
     out
 }
 
-fn buildah_steps(dir: &Path, mount_program: &Path, archive: &Path) -> Vec<String> {
+/// A working container from the archive (`from_extra`: more `buildah from` options), one
+/// `buildah run` of `script`, a commit to an OCI layout: the run's output and the top layer.
+fn buildah_steps(
+    dir: &Path,
+    mount_program: &Path,
+    archive: &Path,
+    from_extra: &[&str],
+    script: &str,
+) -> (String, Vec<String>) {
     // Rootless buildah wants a runtime dir of its own.
     let xdg = dir.join("xdg");
     std::fs::create_dir_all(&xdg).unwrap();
@@ -87,10 +95,13 @@ fn buildah_steps(dir: &Path, mount_program: &Path, archive: &Path) -> Vec<String
         "-q",
         &format!("docker-archive:{}", archive.display()),
     ]);
-    b(&["from", "--pull-never", "--name", "w", &id]);
+    let mut from = vec!["from", "--pull-never", "--name", "w"];
+    from.extend_from_slice(from_extra);
+    from.push(&id);
+    b(&from);
     // Rootless: no runc inside buildah's user namespace here; chroot isolation runs the step.
     let isolation = if strata::is_root() { "oci" } else { "chroot" };
-    b(&[
+    let out = b(&[
         "run",
         "--isolation",
         isolation,
@@ -98,18 +109,24 @@ fn buildah_steps(dir: &Path, mount_program: &Path, archive: &Path) -> Vec<String
         "--",
         "sh",
         "-c",
-        "echo new > /etc/new; rm /etc/passwd; mv /tmp /tmp2; mkdir /root/made; chmod 600 /etc/group",
+        script,
     ]);
     let layout = dir.join("out");
     b(&["commit", "w", &format!("oci:{}:1", layout.display())]);
     b(&["rm", "w"]);
-    top_layer(&layout)
+    (out, top_layer(&layout))
 }
 
-/// As root, and again as the unprivileged user in the rootless rerun (buildah then runs the
-/// mount program inside its user namespace, as podman does).
-#[test]
-fn rootless_buildah_with_strata_as_mount_program_commits_the_same_layer_as_fuse_overlayfs() {
+/// The strata-overlayfs binary.
+fn dropin() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_strata-overlayfs")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata-overlayfs")))
+}
+
+/// Whether buildah, fuse-overlayfs, runc and busybox are here (required under
+/// `STRATA_REQUIRE_TOOLS`).
+fn have_buildah_tools() -> bool {
     let ok = have("buildah") && have("fuse-overlayfs") && have_runtime_and_busybox();
     if !ok {
         assert!(
@@ -117,9 +134,12 @@ fn rootless_buildah_with_strata_as_mount_program_commits_the_same_layer_as_fuse_
             "buildah, fuse-overlayfs, runc and busybox-static are required (scripts/test.sh)"
         );
         eprintln!("skipped: needs buildah, fuse-overlayfs, runc and busybox-static");
-        return;
     }
-    let env = TestEnv::new();
+    ok
+}
+
+/// A busybox image saved as a docker-archive by strata.
+fn busybox_archive(env: &TestEnv) -> PathBuf {
     let f = env.write("bb.tar", &busybox_tar().unwrap());
     env.ok(&[
         "import",
@@ -130,14 +150,27 @@ fn rootless_buildah_with_strata_as_mount_program_commits_the_same_layer_as_fuse_
     ]);
     let archive = env.path("bb-archive.tar");
     env.ok(&["save", "-o", archive.to_str().unwrap(), "bb:1"]);
-    let dropin: PathBuf = std::env::var_os("CARGO_BIN_EXE_strata-overlayfs")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata-overlayfs")));
-    let with_strata = buildah_steps(&env.path("strata"), &dropin, &archive);
-    let with_foi = buildah_steps(
+    archive
+}
+
+/// As root, and again as the unprivileged user in the rootless rerun (buildah then runs the
+/// mount program inside its user namespace, as podman does).
+#[test]
+fn rootless_buildah_with_strata_as_mount_program_commits_the_same_layer_as_fuse_overlayfs() {
+    if !have_buildah_tools() {
+        return;
+    }
+    let env = TestEnv::new();
+    let archive = busybox_archive(&env);
+    let script = "echo new > /etc/new; rm /etc/passwd; mv /tmp /tmp2; mkdir /root/made; \
+                  chmod 600 /etc/group";
+    let (_, with_strata) = buildah_steps(&env.path("strata"), &dropin(), &archive, &[], script);
+    let (_, with_foi) = buildah_steps(
         &env.path("foi"),
         Path::new("/usr/bin/fuse-overlayfs"),
         &archive,
+        &[],
+        script,
     );
     assert_eq!(with_strata, with_foi);
     assert!(
@@ -157,5 +190,87 @@ fn rootless_buildah_with_strata_as_mount_program_commits_the_same_layer_as_fuse_
     assert!(
         !mounts.contains(env.dir.path().to_str().unwrap()),
         "{mounts}"
+    );
+}
+
+/// A working container with its own id map (`buildah from --userns-uid-map`): containers/storage
+/// then passes `uidmapping=`/`gidmapping=` to the mount program (and mounts an id-mapped view
+/// of the lower that it detaches once the program is running). Owners seen inside the
+/// container, and the committed layer, must be those of Debian's fuse-overlayfs. Root only:
+/// the map needs host ids 100000.. .
+#[test]
+fn buildah_with_an_id_map_sees_and_commits_what_fuse_overlayfs_does() {
+    if !strata::is_root() {
+        eprintln!("skipped: the id map needs root");
+        return;
+    }
+    if !have_buildah_tools() {
+        return;
+    }
+    let env = TestEnv::new();
+    // No /etc: with an id-mapped lower, the lower's files show as the overflow id to the
+    // container's root (in fuse-overlayfs as in strata), and runc could not bind /etc/hosts.
+    let mut b = tar::Builder::new(Vec::new());
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let entry = |kind, mode, size| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    for d in ["./", "bin/"] {
+        b.append_data(&mut entry(tar::EntryType::Directory, 0o755, 0), d, &[][..])
+            .unwrap();
+    }
+    b.append_data(
+        &mut entry(tar::EntryType::Regular, 0o755, bb.len() as u64),
+        "bin/busybox",
+        &bb[..],
+    )
+    .unwrap();
+    for applet in ["sh", "stat", "echo", "mkdir", "touch", "chown", "rm"] {
+        b.append_link(
+            &mut entry(tar::EntryType::Symlink, 0o777, 0),
+            format!("bin/{applet}"),
+            "busybox",
+        )
+        .unwrap();
+    }
+    let f = env.write("bb.tar", &b.into_inner().unwrap());
+    env.ok(&[
+        "import",
+        "-c",
+        "CMD [\"/bin/sh\"]",
+        f.to_str().unwrap(),
+        "bb:1",
+    ]);
+    let archive = env.path("bb-archive.tar");
+    env.ok(&["save", "-o", archive.to_str().unwrap(), "bb:1"]);
+    let maps = [
+        "--userns-uid-map",
+        "0:100000:65536",
+        "--userns-gid-map",
+        "0:100000:65536",
+    ];
+    let script = "stat -c '%u:%g %n' / /bin /bin/busybox; echo new > /new; \
+                  mkdir /made; touch /made/f; chown 5:6 /made/f; rm /bin/rm; \
+                  stat -c '%u:%g %n' /new /made /made/f";
+    let ours = buildah_steps(&env.path("strata"), &dropin(), &archive, &maps, script);
+    let theirs = buildah_steps(
+        &env.path("foi"),
+        Path::new("/usr/bin/fuse-overlayfs"),
+        &archive,
+        &maps,
+        script,
+    );
+    assert_eq!(ours.0, theirs.0, "owners seen inside the container");
+    assert_eq!(ours.1, theirs.1, "the committed layer");
+    assert!(ours.0.contains("5:6 /made/f"), "{}", ours.0);
+    assert!(
+        ours.1.iter().any(|l| l.starts_with("made/f ")),
+        "{:?}",
+        ours.1
     );
 }

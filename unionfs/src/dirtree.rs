@@ -117,9 +117,18 @@ fn lower_attr(st: &rustix::fs::Stat) -> LowerAttr {
 }
 
 /// A lower tree over a plain directory on disk.
+///
+/// The directory is held open from [`DirTree::open`] on and every path is resolved through
+/// that descriptor (`/proc/self/fd/N/…`), as fuse-overlayfs keeps a descriptor per layer:
+/// containers/storage mounts an id-mapped view of a layer, starts the mount program, and
+/// detaches the view once the program has exited.
 #[derive(Debug)]
 pub struct DirTree {
+    /// `/proc/self/fd/N` of `_fd`.
     root: PathBuf,
+    /// The directory as it was named.
+    named: PathBuf,
+    _fd: std::os::fd::OwnedFd,
     nodes: RwLock<Interner>,
 }
 
@@ -139,18 +148,42 @@ impl DirTree {
                 format!("lower {} is not a directory", root.display()),
             ));
         }
+        let fd = rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("lower directory {}: {e}", root.display()),
+            )
+        })?;
+        let via_fd = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        // Without /proc, fall back to the name.
+        let access = if via_fd.is_dir() {
+            via_fd
+        } else {
+            root.clone()
+        };
         let mut i = Interner::default();
         i.paths.push(PathBuf::new());
         i.by_path.insert(PathBuf::new(), NodeId(0));
         Ok(DirTree {
-            root,
+            root: access,
+            named: root,
+            _fd: fd,
             nodes: RwLock::new(i),
         })
     }
 
-    /// The directory this tree reads (e.g. to refuse a mountpoint inside a lower).
+    /// The directory this tree reads, as it was named (e.g. to refuse a mountpoint inside a
+    /// lower).
     pub fn root_dir(&self) -> &Path {
-        &self.root
+        &self.named
     }
 
     fn rel(&self, node: NodeId) -> io::Result<PathBuf> {

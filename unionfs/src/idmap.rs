@@ -38,14 +38,15 @@ impl fmt::Display for IdMapError {
 
 impl std::error::Error for IdMapError {}
 
-/// Parses `C:H:L[:C:H:L…]` (fuse-overlayfs's `uidmapping=` value).
+/// Parses `C:H:L[:C:H:L…]` (fuse-overlayfs's `uidmapping=` value). Empty fields are skipped,
+/// as fuse-overlayfs's `strtok` does: containers/storage sends `:0:100000:65536`.
 ///
 /// # Errors
 /// Not a multiple of three numbers, a number that does not parse, a zero length, a range that
 /// runs past `u32::MAX`.
 pub fn parse_ranges(s: &str) -> Result<Vec<IdRange>, IdMapError> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if s.is_empty() || !parts.len().is_multiple_of(3) {
+    let parts: Vec<&str> = s.split(':').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || !parts.len().is_multiple_of(3) {
         return Err(IdMapError(format!(
             "{s:?}: expected container:host:length triples joined by ':' (e.g. 0:1000:1:1:100000:65536)"
         )));
@@ -205,9 +206,18 @@ mod tests {
     }
 
     #[test]
+    fn skips_empty_fields_as_containers_storage_sends_them() {
+        assert_eq!(
+            parse_ranges(":0:100000:65536").unwrap(),
+            parse_ranges("0:100000:65536").unwrap()
+        );
+    }
+
+    #[test]
     fn rejects_bad_texts() {
         for bad in [
             "",
+            ":",
             "0:1000",
             "0:1000:1:1",
             "a:1:1",
