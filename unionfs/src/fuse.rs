@@ -566,29 +566,24 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Only strata changes the union, and the kernel drops a directory's cached listing when
-        // an entry op goes through it, so listings may stay in the page cache.
-        let flags = if self.opts.lower_ttl.is_zero() {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        };
-        match self.fs.opendir(Ino(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh.0), flags),
-            Err(e) => reply.error(errno("opendir", ino.0, &e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No directory handles: the kernel then opens directories without asking (no OPENDIR
+        // or RELEASEDIR round trip per directory), keeps their listings in its cache
+        // (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, dropped when an entry op goes through the
+        // directory, the only way the union changes), and READDIR comes with handle 0:
+        // `UnionFs::readdir_at` keeps offsets stable without one.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.fs.readdir_with(Fh(fh.0), offset, |next, item| {
+        let r = self.fs.readdir_at(Ino(ino.0), offset, |next, item| {
             !reply.add(INodeNo(item.ino.0), next, file_type(item.kind), &item.name)
         });
         match r {
@@ -601,14 +596,13 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let mut first = true;
+        let mut added = false;
         let mut failed = None;
-        let r = self.fs.readdir_with(Fh(fh.0), offset, |next, item| {
-            let i = usize::from(!std::mem::replace(&mut first, false));
+        let r = self.fs.readdir_at(Ino(ino.0), offset, |next, item| {
             let dot = item.name == "." || item.name == "..";
             // "." and ".." carry no kernel reference; every other entry counts one lookup.
             let entry = if dot {
@@ -621,11 +615,13 @@ impl Filesystem for FuseAdapter {
             };
             let e = match entry {
                 Ok(e) => e,
+                // Removed since the listing was taken: leave it out.
+                Err(FsError::NotFound) => return true,
                 Err(e) => {
-                    if i == 0 {
+                    if !added {
                         failed = Some(e);
                     }
-                    // Gone since opendir: stop here; the next call starts at this offset.
+                    // Stop here; the next call starts at this offset.
                     return false;
                 }
             };
@@ -645,6 +641,7 @@ impl Filesystem for FuseAdapter {
             if full && !dot {
                 self.fs.forget(e.attr.ino, 1);
             }
+            added |= !full;
             !full
         });
         match (r, failed) {

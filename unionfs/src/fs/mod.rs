@@ -179,6 +179,23 @@ struct Resolved {
     lower_nlink: Option<u32>,
 }
 
+/// One listing of a directory.
+#[derive(Debug)]
+struct Snapshot {
+    /// The high half of its offsets (32 bits).
+    id: u64,
+    /// `ns_gen` when it was taken.
+    generation: u64,
+    items: Arc<[DirItem]>,
+}
+
+/// The kept listings of a directory.
+#[derive(Debug, Default)]
+struct Listings {
+    current: Option<Snapshot>,
+    previous: Option<Snapshot>,
+}
+
 /// The union of lower trees and an optional upper directory.
 #[derive(Debug)]
 pub struct UnionFs {
@@ -188,11 +205,15 @@ pub struct UnionFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     ns: RwLock<()>,
-    /// Listings (with `.` and `..`) of directories served purely from the lowers, which never
-    /// change while mounted: kept after the first `opendir`. A directory that gets an upper
-    /// copy (the only way its listing can change) is listed afresh from then on. Lock order:
-    /// after `table`.
-    lower_listings: Mutex<HashMap<Ino, Arc<[DirItem]>>>,
+    /// Directory listings (with `.` and `..`), the last two of each directory listed, so that
+    /// a read that goes on from an offset of an older listing still finds it. See
+    /// [`UnionFs::readdir_at`]. Lock order: after `table`.
+    listings: Mutex<HashMap<Ino, Listings>>,
+    /// Bumped after every operation that adds, removes or renames a name: a listing taken at
+    /// an older value may be stale (unless its directory is served purely from the lowers).
+    ns_gen: AtomicU64,
+    /// Counts listings; a listing's id (1..=2^32-1, the high half of its offsets) comes from it.
+    next_listing: AtomicU64,
     euid_root: bool,
     writeback_cache: bool,
     redirect_dir: bool,
@@ -252,7 +273,9 @@ impl UnionFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ns: RwLock::new(()),
-            lower_listings: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            ns_gen: AtomicU64::new(0),
+            next_listing: AtomicU64::new(0),
             euid_root: rustix::process::geteuid().is_root(),
             writeback_cache: options.writeback_cache,
             redirect_dir: options.redirect_dir,
@@ -484,7 +507,7 @@ impl UnionFs {
         if before.is_some_and(|b| b != ino) {
             // The name now has another number (a hard link joined its group): a kept listing
             // of the parent would show the old one.
-            self.lower_listings.lock().remove(&parent);
+            self.listings.lock().remove(&parent);
         }
         if let Some(n) = t.get_mut(ino) {
             // A hard-linked inode already copied up keeps its upper state.
@@ -722,25 +745,82 @@ impl UnionFs {
     /// # Errors
     /// `NotDir`, or I/O errors while listing.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
+        let (_, items) = self.listing(ino, None)?;
+        Ok(self.add_handle(ino, HandleData::Dir(items)))
+    }
+
+    /// Reads a directory without a handle (the FUSE adapter answers OPENDIR with `ENOSYS`, so
+    /// the kernel sends none and caches listings itself): calls `f` with each item from
+    /// `offset` on and the offset of the item after it, until `f` returns `false`.
+    ///
+    /// An offset names a listing and a position in it (`id << 32 | position`), and the last
+    /// two listings of each directory are kept: a read split over several calls goes on in the
+    /// listing it started with, whatever changed in between, so no entry is skipped or
+    /// repeated. Offset 0 takes a new listing when a name may have changed since the last one
+    /// (a directory served purely from the lowers never changes).
+    ///
+    /// # Errors
+    /// `NotDir`, or I/O errors while listing.
+    pub fn readdir_at(
+        &self,
+        ino: Ino,
+        offset: u64,
+        mut f: impl FnMut(u64, &DirItem) -> bool,
+    ) -> Result<()> {
+        let (want, start) = if offset == 0 {
+            (None, 0)
+        } else {
+            (
+                Some(offset >> 32),
+                usize::try_from(offset & 0xffff_ffff).unwrap_or(usize::MAX),
+            )
+        };
+        let (id, items) = self.listing(ino, want)?;
+        for (i, item) in items.iter().enumerate().skip(start) {
+            if !f((id << 32) | (i as u64 + 1), item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The listing `want` of a directory if it is still kept, else the current one (taken
+    /// anew when it may be stale).
+    fn listing(&self, ino: Ino, want: Option<u64>) -> Result<(u64, Arc<[DirItem]>)> {
+        if let Some(want) = want
+            && let Some(l) = self.listings.lock().get(&ino)
+            && let Some(snap) = [&l.current, &l.previous]
+                .into_iter()
+                .flatten()
+                .find(|s| s.id == want)
+        {
+            return Ok((snap.id, snap.items.clone()));
+        }
         let s = self.state(ino)?;
-        let lower_only = !s.upper && s.kind == EntryKind::Dir;
-        if lower_only && let Some(items) = self.lower_listings.lock().get(&ino).cloned() {
-            return Ok(self.add_handle(ino, HandleData::Dir(items)));
+        if s.kind != EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let lower_only = !s.upper;
+        // Read before listing: a change that lands during the listing bumps it after.
+        let gen_before = self.ns_gen.load(Ordering::Acquire);
+        if let Some(l) = self.listings.lock().get(&ino)
+            && let Some(cur) = &l.current
+            && (lower_only || cur.generation == gen_before)
+        {
+            return Ok((cur.id, cur.items.clone()));
         }
         let list = self.list_merged(ino)?;
-        let parent = s.parent;
-        let mut items = vec![
-            DirItem {
-                ino,
-                kind: EntryKind::Dir,
-                name: ".".into(),
-            },
-            DirItem {
-                ino: parent,
-                kind: EntryKind::Dir,
-                name: "..".into(),
-            },
-        ];
+        let mut items = Vec::with_capacity(list.len() + 2);
+        items.push(DirItem {
+            ino,
+            kind: EntryKind::Dir,
+            name: ".".into(),
+        });
+        items.push(DirItem {
+            ino: s.parent,
+            kind: EntryKind::Dir,
+            name: "..".into(),
+        });
         let mut t = self.table.write();
         for (name, kind) in list {
             // Number it now; the real state arrives with the lookup.
@@ -748,15 +828,22 @@ impl UnionFs {
             items.push(DirItem { ino, kind, name });
         }
         drop(t);
-        let items: Arc<[DirItem]> = items.into();
-        if lower_only {
-            // Still lower-only now that it is listed (a concurrent copy-up would not be).
-            let t = self.table.read();
-            if t.get(ino).is_some_and(|n| !n.upper) {
-                self.lower_listings.lock().insert(ino, items.clone());
-            }
-        }
-        Ok(self.add_handle(ino, HandleData::Dir(items)))
+        let snap = Snapshot {
+            id: self.next_listing.fetch_add(1, Ordering::Relaxed) % 0xffff_ffff + 1,
+            generation: gen_before,
+            items: items.into(),
+        };
+        let out = (snap.id, snap.items.clone());
+        let mut all = self.listings.lock();
+        let l = all.entry(ino).or_default();
+        l.previous = l.current.replace(snap);
+        Ok(out)
+    }
+
+    /// Marks a change of names: listings taken before it may be stale. Called by every
+    /// operation that adds, removes or renames a name, once it is done.
+    pub(crate) fn names_changed(&self) {
+        self.ns_gen.fetch_add(1, Ordering::Release);
     }
 
     /// Calls `f` on the items of an open directory from `offset` on (item `i` has offset

@@ -316,3 +316,55 @@ fn setattr_after_unlink_never_recreates_the_name() {
     assert!(matches!(lk(&f.fs, d, "top"), Err(FsError::NotFound)));
     assert!(!names(&f.fs, d).contains(&"top".to_owned()));
 }
+
+/// `readdir_at` (no handles): a read split over several calls goes on in the listing it
+/// started with, even after names changed and another reader started over.
+#[test]
+fn handleless_readdir_offsets_survive_changes() {
+    let f = fx();
+    for i in 0..50 {
+        f.fs.create(
+            ROOT_INO,
+            OsStr::new(&format!("n{i:02}")),
+            0o644,
+            0,
+            libc::O_WRONLY,
+            caller(),
+        )
+        .map(|(_, fh)| f.fs.release(fh))
+        .unwrap();
+    }
+    let read = |offset: u64, max: usize| {
+        let mut out = Vec::new();
+        f.fs.readdir_at(ROOT_INO, offset, |next, item| {
+            out.push((next, item.name.to_string_lossy().into_owned()));
+            out.len() < max
+        })
+        .unwrap();
+        out
+    };
+    let first = read(0, 20);
+    let resume = first.last().unwrap().0;
+    // Remove names already returned and names not yet returned.
+    for n in ["n00", "n10", "n30", "n40"] {
+        f.fs.unlink(ROOT_INO, OsStr::new(n)).unwrap();
+    }
+    // Another reader starts over and sees the change...
+    let fresh: Vec<String> = read(0, usize::MAX).into_iter().map(|x| x.1).collect();
+    assert!(!fresh.contains(&"n30".to_owned()) && fresh.contains(&"n31".to_owned()));
+    // ...and the first reader still goes on in its own listing: nothing skipped or repeated.
+    let rest = read(resume, usize::MAX);
+    let mut all: Vec<String> = first.into_iter().chain(rest).map(|x| x.1).collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a name came twice");
+    for i in 0..50 {
+        assert!(all.contains(&format!("n{i:02}")), "n{i:02} was skipped");
+    }
+    // Offsets are never 0 and a fresh read of an unchanged directory reuses its listing.
+    let a = read(0, usize::MAX);
+    let b = read(0, usize::MAX);
+    assert_eq!(a, b);
+    assert!(a.iter().all(|x| x.0 != 0));
+}

@@ -498,6 +498,7 @@ impl UnionFs {
         flags: i32,
         caller: Caller,
     ) -> Result<(Entry, Fh)> {
+        let _changed = NamesChanged(self);
         check_name(name)?;
         self.upper()?;
         let _ns = self.ns.read();
@@ -639,6 +640,7 @@ impl UnionFs {
         umask: u32,
         caller: Caller,
     ) -> Result<Entry> {
+        let _changed = NamesChanged(self);
         let _ns = self.ns.read();
         let (path, lower_has) = self.prepare_new(parent, name)?;
         let u = self.upper()?;
@@ -671,6 +673,7 @@ impl UnionFs {
         rdev: u64,
         caller: Caller,
     ) -> Result<Entry> {
+        let _changed = NamesChanged(self);
         let (ft, kind) = match mode & libc::S_IFMT {
             libc::S_IFIFO => (FileType::Fifo, EntryKind::Fifo),
             libc::S_IFCHR => (FileType::CharacterDevice, EntryKind::CharDev),
@@ -708,6 +711,7 @@ impl UnionFs {
         target: &Path,
         caller: Caller,
     ) -> Result<Entry> {
+        let _changed = NamesChanged(self);
         let _ns = self.ns.read();
         let (path, _) = self.prepare_new(parent, name)?;
         std::os::unix::fs::symlink(target, &path).map_err(FsError::io("symlink", &path))?;
@@ -721,6 +725,7 @@ impl UnionFs {
     /// # Errors
     /// `Exists`, `NotPermitted` for directories, `ReadOnly`, I/O errors.
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        let _changed = NamesChanged(self);
         let _ns = self.ns.read();
         let s = self.state(ino)?;
         if s.kind == EntryKind::Dir {
@@ -753,6 +758,7 @@ impl UnionFs {
     /// # Errors
     /// `NotFound`, `IsDir`, `ReadOnly`, I/O errors.
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let _changed = NamesChanged(self);
         let u = self.upper()?;
         let _ns = self.ns.write();
         let ino = self.lookup_ino(parent, name)?;
@@ -786,6 +792,7 @@ impl UnionFs {
     /// # Errors
     /// `NotFound`, `NotDir`, `NotEmpty`, `ReadOnly`, I/O errors.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let _changed = NamesChanged(self);
         let u = self.upper()?;
         let _ns = self.ns.write();
         let ino = self.lookup_ino(parent, name)?;
@@ -826,6 +833,7 @@ impl UnionFs {
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let _changed = NamesChanged(self);
         if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
             return Err(FsError::Unsupported("RENAME_EXCHANGE and RENAME_WHITEOUT"));
         }
@@ -1101,5 +1109,15 @@ impl UnionFs {
             Some(libc::ENODATA) => FsError::NoXattr,
             _ => FsError::io("removexattr", &path)(e),
         })
+    }
+}
+
+/// Calls [`UnionFs::names_changed`] when dropped: at the end of an operation on names, on
+/// every path out of it.
+struct NamesChanged<'a>(&'a UnionFs);
+
+impl Drop for NamesChanged<'_> {
+    fn drop(&mut self) {
+        self.0.names_changed();
     }
 }

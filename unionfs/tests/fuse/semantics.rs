@@ -120,6 +120,44 @@ fn rootless_merged_readdir() {
     all.sort();
     all.dedup();
     assert!(all.len() >= 300);
+
+    // Deletions during a readdir split over many getdents calls: every name that stays is
+    // returned exactly once, whether it came from the lowers or the upper.
+    for i in 0..1500 {
+        fs::write(
+            m.path()
+                .join(format!("many/upper-file-with-a-long-name-{i:04}")),
+            b"",
+        )
+        .unwrap();
+    }
+    let dir = m.path().join("many");
+    let mut rd = fs::read_dir(&dir).unwrap();
+    let mut seen: Vec<String> = rd
+        .by_ref()
+        .take(200)
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut removed = std::collections::HashSet::new();
+    // Some already returned, some not yet.
+    for n in ls(&dir).into_iter().step_by(3) {
+        fs::remove_file(dir.join(&n)).unwrap();
+        removed.insert(n);
+    }
+    seen.extend(rd.map(|e| e.unwrap().file_name().into_string().unwrap()));
+    let mut counts = std::collections::HashMap::new();
+    for n in &seen {
+        *counts.entry(n.clone()).or_insert(0) += 1;
+    }
+    assert!(counts.values().all(|&c| c == 1), "a name came twice");
+    for n in ls(&dir) {
+        assert_eq!(
+            counts.get(&n),
+            Some(&1),
+            "{n} stayed but was not returned once"
+        );
+    }
+    assert!(!removed.is_empty());
     m.unmount().unwrap();
 }
 
