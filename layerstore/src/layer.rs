@@ -81,6 +81,63 @@ pub struct LayerEntry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// Extended attributes of an entry (name, value).
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// One entry of a stored layer borrowed from the index row being read, as
+/// [`Store::for_each_layer_entry`] hands it over; [`LayerEntryRef::to_owned`] makes a
+/// [`LayerEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerEntryRef<'a> {
+    /// Normalised path (`""` is the root); for whiteouts the hidden path.
+    pub path: &'a str,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: i64,
+    /// Sub-second part.
+    pub mtime_nsec: u32,
+    /// Content bytes.
+    pub size: u64,
+    /// Symlink or hard-link target.
+    pub link: Option<&'a str>,
+    /// Device numbers.
+    pub dev_major: u32,
+    /// Device numbers.
+    pub dev_minor: u32,
+    /// The content object (regular files with content).
+    pub object: Option<Digest>,
+    /// Extended attributes.
+    pub xattrs: &'a [(String, Vec<u8>)],
+}
+
+impl LayerEntryRef<'_> {
+    /// The owned entry.
+    pub fn to_owned(&self) -> LayerEntry {
+        LayerEntry {
+            path: self.path.to_owned(),
+            kind: self.kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            size: self.size,
+            link: self.link.map(str::to_owned),
+            dev_major: self.dev_major,
+            dev_minor: self.dev_minor,
+            object: self.object,
+            xattrs: self.xattrs.to_vec(),
+        }
+    }
+}
+
 /// Wraps `input` in the decoder its first bytes call for.
 ///
 /// # Errors
@@ -716,26 +773,65 @@ impl Store {
     /// # Errors
     /// Unknown layer, a damaged index.
     pub fn layer_entries(&self, diff_id: &Digest) -> Result<Vec<LayerEntry>> {
+        let mut out = Vec::new();
+        self.for_each_layer_entry(diff_id, |e| {
+            out.push(e.to_owned());
+            Ok::<(), Error>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every entry of a stored layer in tar order, borrowed from the index row
+    /// being read: nothing is allocated per entry (the fast path of a mount). `f` returning an
+    /// error stops the walk and is returned.
+    ///
+    /// # Errors
+    /// Unknown layer, a damaged index, or `f`'s error.
+    pub fn for_each_layer_entry<E: From<Error>>(
+        &self,
+        diff_id: &Digest,
+        mut f: impl FnMut(&LayerEntryRef<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let (layer, _, _) = self.require_layer(diff_id)?;
+        let mut failed: Option<E> = None;
         self.with_conn(|c| {
-            let mut xs: HashMap<i64, Vec<(String, Vec<u8>)>> = HashMap::new();
-            let mut st = c.prepare(
+            // Entries with extended attributes are rare: read them all first, in seq order,
+            // and merge them in while walking the entries (also in seq order).
+            let mut xs: Vec<(i64, Xattrs)> = Vec::new();
+            let mut st = c.prepare_cached(
                 "SELECT seq, name, value FROM entry_xattrs WHERE layer = ?1 ORDER BY seq, name",
             )?;
-            for r in st.query_map([layer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
-                let (seq, name, value) = r?;
-                xs.entry(seq).or_default().push((name, value));
+            let mut rows = st.query([layer])?;
+            while let Some(r) = rows.next()? {
+                let seq: i64 = r.get(0)?;
+                let x = (r.get(1)?, r.get(2)?);
+                match xs.last_mut() {
+                    Some((s, v)) if *s == seq => v.push(x),
+                    _ => xs.push((seq, vec![x])),
+                }
             }
-            let mut st = c.prepare(
+            let mut xs = xs.into_iter().peekable();
+            let mut st = c.prepare_cached(
                 "SELECT seq, path, kind, mode, uid, gid, mtime, mtime_nsec, size, link, \
                  dev_major, dev_minor, object FROM layer_entries WHERE layer = ?1 ORDER BY seq",
             )?;
-            let rows = st.query_map([layer], |r| {
+            let mut rows = st.query([layer])?;
+            let mut cur_x: Xattrs = Vec::new();
+            while let Some(r) = rows.next()? {
                 let seq: i64 = r.get(0)?;
+                cur_x.clear();
+                while let Some((s, _)) = xs.peek() {
+                    if *s > seq {
+                        break;
+                    }
+                    let (s, v) = xs.next().unwrap_or_default();
+                    if s == seq {
+                        cur_x = v;
+                    }
+                }
                 let kind: u8 = r.get(2)?;
-                let object: Option<Vec<u8>> = r.get(12)?;
-                Ok(LayerEntry {
-                    path: r.get(1)?,
+                let e = LayerEntryRef {
+                    path: r.get_ref(1)?.as_str()?,
                     kind: EntryKind::from_code(kind).ok_or_else(|| {
                         rusqlite::Error::IntegralValueOutOfRange(2, i64::from(kind))
                     })?,
@@ -745,14 +841,22 @@ impl Store {
                     mtime: r.get(6)?,
                     mtime_nsec: r.get(7)?,
                     size: r.get::<_, i64>(8)? as u64,
-                    link: r.get(9)?,
+                    link: r.get_ref(9)?.as_str_or_null()?,
                     dev_major: r.get(10)?,
                     dev_minor: r.get(11)?,
-                    object: object.and_then(|b| Digest::from_bytes(&b).ok()),
-                    xattrs: xs.remove(&seq).unwrap_or_default(),
-                })
-            })?;
-            rows.collect()
-        })
+                    object: r
+                        .get_ref(12)?
+                        .as_blob_or_null()?
+                        .and_then(|b| Digest::from_bytes(b).ok()),
+                    xattrs: &cur_x,
+                };
+                if let Err(err) = f(&e) {
+                    failed = Some(err);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 }

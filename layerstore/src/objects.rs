@@ -48,8 +48,15 @@ impl Objects {
 
     /// Path of the object named `d` (whether or not it exists).
     pub fn path(&self, d: &Digest) -> PathBuf {
-        let h = d.hex();
-        self.dir.join(&h[..2]).join(&h)
+        // One allocation: a mount computes this for every file of an image.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(d.bytes(), &mut hex).expect("32 bytes are 64 hex digits");
+        let h = std::str::from_utf8(&hex).expect("hex digits are ASCII");
+        let mut p = PathBuf::with_capacity(self.dir.as_os_str().len() + 2 + h.len() + 2);
+        p.push(&self.dir);
+        p.push(&h[..2]);
+        p.push(h);
+        p
     }
 
     /// Whether the object file exists.
