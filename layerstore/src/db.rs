@@ -172,6 +172,36 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens an existing index to read it, without writing anything: `None` when the file does not
+/// exist or its schema is not this build's (the caller then uses [`open`], which creates,
+/// migrates or refuses it).
+pub(crate) fn open_existing(path: &Path) -> Result<Option<Connection>> {
+    use rusqlite::OpenFlags;
+    let e = db_err(path);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = match Connection::open_with_flags(path, flags) {
+        Ok(c) => c,
+        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::CannotOpen => {
+            return Ok(None);
+        }
+        Err(err) => return Err(e(err)),
+    };
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&e)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&e)?;
+    if version != SCHEMA_VERSION {
+        return Ok(None);
+    }
+    // The same settings as `open` (journal_mode=WAL is stored in the file by then).
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&e)?;
+    conn.pragma_update(None, "foreign_keys", true).map_err(&e)?;
+    Ok(Some(conn))
+}
+
 /// Applies the migrations not yet applied, in one exclusive transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     let e = db_err(Path::new(":memory:"));

@@ -112,6 +112,29 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing store for reading (what a mount needs): nothing is written, no
+    /// directory created, no migration run and `tmp/` left alone, so this costs a few reads.
+    /// A store that does not exist yet or whose schema is not this build's is opened with
+    /// [`Store::open`] instead.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_reader(root: &Path) -> Result<Store> {
+        let Ok(canon) = root.canonicalize() else {
+            return Store::open(root);
+        };
+        let db_path = canon.join(DB_FILE);
+        match db::open_existing(&db_path)? {
+            Some(conn) if canon.join(crate::objects::OBJECTS_DIR).is_dir() => Ok(Store {
+                objects: Objects::new(&canon),
+                conn: Mutex::new(conn),
+                db_path,
+                root: canon,
+            }),
+            _ => Store::open(root),
+        }
+    }
+
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
