@@ -159,6 +159,85 @@ impl Node {
 /// Mode of directories a layer implies but never lists (tar archives may omit parents).
 const IMPLICIT_DIR_MODE: u32 = 0o755;
 
+/// A small, fast, non-cryptographic hasher for the builder's path map (FxHash's multiply-rotate;
+/// the keys are a layer's own paths, and a mount builds tens of thousands of them).
+#[derive(Default, Clone, Copy, Debug)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+/// The attributes of an entry, as [`IndexTreeBuilder::push`] takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexMeta {
+    /// Permission bits including setuid/setgid/sticky (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
+    /// Extended attributes (name, value).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl IndexMeta {
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+    fn of(e: &IndexEntry) -> IndexMeta {
+        IndexMeta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            xattrs: e.xattrs.clone(),
+        }
+    }
+}
+
 /// The arena shared by [`IndexTree`] and the test-only `MemTree`.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
@@ -166,24 +245,31 @@ pub(crate) struct Arena {
 }
 
 /// Builds an [`Arena`] from entries in tar order.
+///
+/// While building, each directory's `children` collects `(name, node)` in the order names are
+/// linked (a name linked again later wins); [`ArenaBuilder::finish`] sorts them and keeps the
+/// last node of each name.
 #[derive(Debug)]
 pub(crate) struct ArenaBuilder {
     nodes: Vec<Node>,
     /// Path → node of every name seen so far ("" = root).
-    by_path: HashMap<String, NodeId>,
-    /// (parent, name) → child, while building; turned into sorted child lists at the end.
-    children: HashMap<NodeId, HashMap<OsString, NodeId>>,
+    by_path: HashMap<Box<str>, NodeId, FxBuild>,
 }
 
 impl ArenaBuilder {
+    // Only `testing::MemTree` builds arenas directly.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub(crate) fn new() -> Self {
-        let mut by_path = HashMap::new();
-        by_path.insert(String::new(), NodeId(0));
-        ArenaBuilder {
-            nodes: vec![Node::dir(IMPLICIT_DIR_MODE)],
-            by_path,
-            children: HashMap::new(),
-        }
+        Self::with_capacity(0)
+    }
+
+    /// A builder with room for `entries` entries.
+    pub(crate) fn with_capacity(entries: usize) -> Self {
+        let mut by_path = HashMap::with_capacity_and_hasher(entries + 1, FxBuild::default());
+        by_path.insert(Box::from(""), NodeId(0));
+        let mut nodes = Vec::with_capacity(entries + 1);
+        nodes.push(Node::dir(IMPLICIT_DIR_MODE));
+        ArenaBuilder { nodes, by_path }
     }
 
     fn split(path: &str) -> (&str, &str) {
@@ -212,23 +298,34 @@ impl ArenaBuilder {
         NodeId(self.nodes.len() as u64 - 1)
     }
 
+    /// Names `id` `name` in the directory `parent` (always a directory: see `ensure_dir`).
     fn link(&mut self, parent: NodeId, name: &str, path: &str, id: NodeId) {
-        self.children
-            .entry(parent)
-            .or_default()
-            .insert(OsString::from(name), id);
-        self.by_path.insert(path.to_owned(), id);
+        if let Payload::Dir { children, .. } = &mut self.nodes[parent.0 as usize].payload {
+            children.push((Box::from(OsStr::new(name)), id));
+        }
+        match self.by_path.get_mut(path) {
+            Some(slot) => *slot = id,
+            None => {
+                self.by_path.insert(Box::from(path), id);
+            }
+        }
     }
 
     /// Adds one entry. A layer's own entries are never hidden by its own whiteouts.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub(crate) fn add(&mut self, path: &str, payload: Payload, meta: &IndexEntry, size: u64) {
+        self.add_meta(path, payload, IndexMeta::of(meta), size);
+    }
+
+    /// [`ArenaBuilder::add`] with the attributes by value.
+    pub(crate) fn add_meta(&mut self, path: &str, payload: Payload, meta: IndexMeta, size: u64) {
         let path = path.trim_matches('/');
-        let existing = self.by_path.get(path).copied();
         if path.is_empty() {
             // The root: only attributes (and opacity) can change.
             self.set_meta(NodeId(0), meta);
             return;
         }
+        let existing = self.by_path.get(path).copied();
         match payload {
             Payload::Whiteout => {
                 if existing.is_none() {
@@ -270,7 +367,7 @@ impl ArenaBuilder {
                     nlink: 1,
                     mtime: meta.mtime,
                     mtime_nsec: meta.mtime_nsec,
-                    xattrs: meta.xattrs.clone(),
+                    xattrs: meta.xattrs,
                 });
                 self.link(parent_id, name, path, id);
             }
@@ -286,14 +383,14 @@ impl ArenaBuilder {
         id
     }
 
-    fn set_meta(&mut self, id: NodeId, meta: &IndexEntry) {
+    fn set_meta(&mut self, id: NodeId, meta: IndexMeta) {
         let node = &mut self.nodes[id.0 as usize];
         node.mode = meta.mode & 0o7777;
         node.uid = meta.uid;
         node.gid = meta.gid;
         node.mtime = meta.mtime;
         node.mtime_nsec = meta.mtime_nsec;
-        node.xattrs = meta.xattrs.clone();
+        node.xattrs = meta.xattrs;
     }
 
     /// Marks the directory at `path` opaque (creating it implicitly when missing).
@@ -330,32 +427,38 @@ impl ArenaBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Arena {
+        drop(std::mem::take(&mut self.by_path));
+        // Sort each directory's names; a name linked more than once keeps its last node.
+        for node in &mut self.nodes {
+            if let Payload::Dir { children, .. } = &mut node.payload {
+                // Stable: equal names stay in link order.
+                children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                children.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        kept.1 = later.1;
+                    }
+                    same
+                });
+            }
+        }
         // Count names per node (hard links) and subdirectories per dir.
-        let mut names: HashMap<NodeId, u32> = HashMap::new();
-        let mut subdirs: HashMap<NodeId, u32> = HashMap::new();
-        for (parent, kids) in &self.children {
-            for id in kids.values() {
-                *names.entry(*id).or_default() += 1;
-                if matches!(self.nodes[id.0 as usize].payload, Payload::Dir { .. }) {
-                    *subdirs.entry(*parent).or_default() += 1;
+        let mut names: Vec<u32> = vec![0; self.nodes.len()];
+        let mut subdirs: Vec<u32> = vec![0; self.nodes.len()];
+        for (parent, node) in self.nodes.iter().enumerate() {
+            if let Payload::Dir { children, .. } = &node.payload {
+                for (_, id) in children {
+                    names[id.0 as usize] += 1;
+                    if matches!(self.nodes[id.0 as usize].payload, Payload::Dir { .. }) {
+                        subdirs[parent] += 1;
+                    }
                 }
             }
         }
-        for (parent, kids) in std::mem::take(&mut self.children) {
-            let mut sorted: Vec<(Box<OsStr>, NodeId)> = kids
-                .into_iter()
-                .map(|(n, id)| (n.into_boxed_os_str(), id))
-                .collect();
-            sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            if let Payload::Dir { children, .. } = &mut self.nodes[parent.0 as usize].payload {
-                *children = sorted;
-            }
-        }
         for (i, node) in self.nodes.iter_mut().enumerate() {
-            let id = NodeId(i as u64);
             match node.payload {
-                Payload::Dir { .. } => node.nlink = 2 + subdirs.get(&id).copied().unwrap_or(0),
-                _ => node.nlink = names.get(&id).copied().unwrap_or(1).max(1),
+                Payload::Dir { .. } => node.nlink = 2 + subdirs[i],
+                _ => node.nlink = names[i].max(1),
             }
         }
         Arena { nodes: self.nodes }
@@ -484,67 +587,110 @@ impl IndexTree {
     /// `InvalidData` when a hard link names a path that is not an earlier file entry, or a
     /// non-empty file has no content object.
     pub fn from_entries(entries: Vec<IndexEntry>) -> io::Result<IndexTree> {
-        let mut b = ArenaBuilder::new();
-        for e in &entries {
-            let (payload, size) = match &e.kind {
-                IndexKind::File { size, content } => {
-                    let c = match content {
-                        Some(p) if *size > 0 => Content::Object(p.clone()),
-                        None if *size > 0 => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("file {:?} has {size} bytes but no content object", e.path),
-                            ));
-                        }
-                        _ => Content::Empty,
-                    };
-                    (Payload::File(c), *size)
-                }
-                IndexKind::Dir => (
-                    Payload::Dir {
-                        children: Vec::new(),
-                        opaque: false,
-                    },
-                    0,
-                ),
-                IndexKind::Symlink { target } => (
-                    Payload::Symlink(OsString::from(target)),
-                    target.len() as u64,
-                ),
-                IndexKind::HardLink { target } => {
-                    b.hardlink(&e.path, target)?;
-                    continue;
-                }
-                IndexKind::CharDev { major, minor } => (
-                    Payload::Device {
-                        kind: EntryKind::CharDev,
-                        rdev: rustix::fs::makedev(*major, *minor),
-                    },
-                    0,
-                ),
-                IndexKind::BlockDev { major, minor } => (
-                    Payload::Device {
-                        kind: EntryKind::BlockDev,
-                        rdev: rustix::fs::makedev(*major, *minor),
-                    },
-                    0,
-                ),
-                IndexKind::Fifo => (Payload::Fifo, 0),
-                IndexKind::Whiteout => (Payload::Whiteout, 0),
-                IndexKind::Opaque => {
-                    b.opaque(&e.path);
-                    continue;
-                }
+        let mut b = IndexTreeBuilder::with_capacity(entries.len());
+        for e in entries {
+            let meta = IndexMeta {
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                mtime_nsec: e.mtime_nsec,
+                xattrs: e.xattrs,
             };
-            b.add(&e.path, payload, e, size);
+            b.push(&e.path, e.kind, meta)?;
         }
-        Ok(IndexTree { arena: b.finish() })
+        Ok(b.finish())
+    }
+
+    /// Starts a tree built entry by entry (the same rules as [`IndexTree::from_entries`],
+    /// without a `Vec` of owned entries).
+    pub fn builder(entries: usize) -> IndexTreeBuilder {
+        IndexTreeBuilder::with_capacity(entries)
     }
 
     // Only `testing::MemTree` builds arenas directly.
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub(crate) fn from_arena(arena: Arena) -> IndexTree {
         IndexTree { arena }
+    }
+}
+
+/// Builds an [`IndexTree`] one entry at a time, in tar order (see [`IndexTree::from_entries`]).
+#[derive(Debug)]
+pub struct IndexTreeBuilder {
+    b: ArenaBuilder,
+}
+
+impl IndexTreeBuilder {
+    /// A builder with room for about `entries` entries.
+    pub fn with_capacity(entries: usize) -> IndexTreeBuilder {
+        IndexTreeBuilder {
+            b: ArenaBuilder::with_capacity(entries),
+        }
+    }
+
+    /// Adds the entry at `path` (relative, `/`-separated, `""` = root).
+    ///
+    /// # Errors
+    /// `InvalidData` when a hard link names a path that is not an earlier file entry, or a
+    /// non-empty file has no content object; the builder stays usable.
+    pub fn push(&mut self, path: &str, kind: IndexKind, meta: IndexMeta) -> io::Result<()> {
+        let (payload, size) = match kind {
+            IndexKind::File { size, content } => {
+                let c = match content {
+                    Some(p) if size > 0 => Content::Object(p),
+                    None if size > 0 => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("file {path:?} has {size} bytes but no content object"),
+                        ));
+                    }
+                    _ => Content::Empty,
+                };
+                (Payload::File(c), size)
+            }
+            IndexKind::Dir => (
+                Payload::Dir {
+                    children: Vec::new(),
+                    opaque: false,
+                },
+                0,
+            ),
+            IndexKind::Symlink { target } => {
+                let len = target.len() as u64;
+                (Payload::Symlink(OsString::from(target)), len)
+            }
+            IndexKind::HardLink { target } => return self.b.hardlink(path, &target),
+            IndexKind::CharDev { major, minor } => (
+                Payload::Device {
+                    kind: EntryKind::CharDev,
+                    rdev: rustix::fs::makedev(major, minor),
+                },
+                0,
+            ),
+            IndexKind::BlockDev { major, minor } => (
+                Payload::Device {
+                    kind: EntryKind::BlockDev,
+                    rdev: rustix::fs::makedev(major, minor),
+                },
+                0,
+            ),
+            IndexKind::Fifo => (Payload::Fifo, 0),
+            IndexKind::Whiteout => (Payload::Whiteout, 0),
+            IndexKind::Opaque => {
+                self.b.opaque(path);
+                return Ok(());
+            }
+        };
+        self.b.add_meta(path, payload, meta, size);
+        Ok(())
+    }
+
+    /// The finished tree.
+    pub fn finish(self) -> IndexTree {
+        IndexTree {
+            arena: self.b.finish(),
+        }
     }
 }
 
@@ -670,6 +816,80 @@ mod tests {
         assert!(
             IndexTree::from_entries(vec![e("b", IndexKind::HardLink { target: "z".into() })])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_names() {
+        let t = IndexTree::from_entries(vec![
+            file("a"),
+            e("a", IndexKind::Symlink { target: "x".into() }),
+            file("b"),
+            e("c", IndexKind::HardLink { target: "b".into() }),
+            e("c", IndexKind::HardLink { target: "b".into() }),
+            e("d", IndexKind::Dir),
+            file("d/f"),
+            e("d", IndexKind::Dir),
+        ])
+        .unwrap();
+        assert_eq!(
+            names(&t, t.root()),
+            vec![
+                ("a".into(), EntryKind::Symlink),
+                ("b".into(), EntryKind::File),
+                ("c".into(), EntryKind::File),
+                ("d".into(), EntryKind::Dir)
+            ]
+        );
+        let b = t.lookup(t.root(), OsStr::new("b")).unwrap().unwrap();
+        assert_eq!(t.getattr(b.node).unwrap().nlink, 2);
+        let d = t.lookup(t.root(), OsStr::new("d")).unwrap().unwrap();
+        assert_eq!(names(&t, d.node), vec![("f".into(), EntryKind::File)]);
+        assert_eq!(t.getattr(t.root()).unwrap().nlink, 3);
+    }
+
+    #[test]
+    fn builder_matches_from_entries() {
+        let entries = vec![
+            e("", IndexKind::Dir),
+            file("z/y"),
+            e("z", IndexKind::Opaque),
+            e("w", IndexKind::Whiteout),
+            e(
+                "l",
+                IndexKind::HardLink {
+                    target: "z/y".into(),
+                },
+            ),
+        ];
+        let a = IndexTree::from_entries(entries.clone()).unwrap();
+        let mut b = IndexTree::builder(entries.len());
+        for x in entries {
+            let meta = IndexMeta {
+                mode: x.mode,
+                uid: x.uid,
+                gid: x.gid,
+                mtime: x.mtime,
+                mtime_nsec: x.mtime_nsec,
+                xattrs: x.xattrs,
+            };
+            b.push(&x.path, x.kind, meta).unwrap();
+        }
+        let b = b.finish();
+        assert_eq!(names(&a, a.root()), names(&b, b.root()));
+        let z = b.lookup(b.root(), OsStr::new("z")).unwrap().unwrap();
+        assert!(b.read_dir(z.node).unwrap().opaque);
+        assert_eq!(b.getattr(b.root()).unwrap().uid, 1);
+        let mut bad = IndexTree::builder(1);
+        assert!(
+            bad.push(
+                "q",
+                IndexKind::HardLink {
+                    target: "nope".into()
+                },
+                IndexMeta::default()
+            )
+            .is_err()
         );
     }
 
