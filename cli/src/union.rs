@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use layerstore::{EntryKind, ImageConfig, ImageRecord, LayerEntry, Store};
-use unionfs::{IndexEntry, IndexKind, IndexTree, LowerTree, MountOptions, UnionConfig};
+use layerstore::layer::LayerEntryRef;
+use layerstore::{Digest, EntryKind, ImageConfig, ImageRecord, Store};
+use unionfs::index::IndexMeta;
+use unionfs::{IndexKind, IndexTree, LowerTree, MountOptions, UnionConfig};
 
 /// Set in the environment of the background mount process: it prints [`READY_LINE`] on stdout
 /// once the mount is live.
@@ -21,20 +23,17 @@ const READY_LINE: &str = "ready";
 /// How long `strata umount` waits for the mount process to exit.
 const UMOUNT_WAIT: Duration = Duration::from_secs(10);
 
-/// Converts one store entry into the union's plain-data entry.
-fn index_entry(store: &Store, e: LayerEntry) -> IndexEntry {
+/// Converts one store entry into the union's kind and attributes.
+fn index_kind(store: &Store, e: &LayerEntryRef<'_>) -> (IndexKind, IndexMeta) {
+    let link = || e.link.unwrap_or_default().to_owned();
     let kind = match e.kind {
         EntryKind::File => IndexKind::File {
             size: e.size,
             content: e.object.map(|d| store.objects().path(&d)),
         },
         EntryKind::Dir => IndexKind::Dir,
-        EntryKind::Symlink => IndexKind::Symlink {
-            target: e.link.unwrap_or_default(),
-        },
-        EntryKind::HardLink => IndexKind::HardLink {
-            target: e.link.unwrap_or_default(),
-        },
+        EntryKind::Symlink => IndexKind::Symlink { target: link() },
+        EntryKind::HardLink => IndexKind::HardLink { target: link() },
         EntryKind::CharDev => IndexKind::CharDev {
             major: e.dev_major,
             minor: e.dev_minor,
@@ -47,9 +46,7 @@ fn index_entry(store: &Store, e: LayerEntry) -> IndexEntry {
         EntryKind::Whiteout => IndexKind::Whiteout,
         EntryKind::Opaque => IndexKind::Opaque,
     };
-    IndexEntry {
-        path: e.path,
-        kind,
+    let meta = IndexMeta {
         mode: e.mode,
         uid: e.uid,
         gid: e.gid,
@@ -57,10 +54,22 @@ fn index_entry(store: &Store, e: LayerEntry) -> IndexEntry {
         mtime_nsec: e.mtime_nsec,
         xattrs: e
             .xattrs
-            .into_iter()
-            .map(|(n, v)| (n.into_bytes(), v))
+            .iter()
+            .map(|(n, v)| (n.clone().into_bytes(), v.clone()))
             .collect(),
-    }
+    };
+    (kind, meta)
+}
+
+/// The tree of one stored layer, built straight from the index rows.
+fn layer_tree(store: &Store, diff_id: &Digest) -> Result<IndexTree> {
+    let mut b = IndexTree::builder(0);
+    store.for_each_layer_entry(diff_id, |e| {
+        let (kind, meta) = index_kind(store, e);
+        b.push(e.path, kind, meta)
+            .with_context(|| format!("building the tree of layer {diff_id}"))
+    })?;
+    Ok(b.finish())
 }
 
 /// The image's layers as lower trees, top first.
@@ -71,11 +80,7 @@ pub fn image_lowers(store: &Store, image: &ImageRecord) -> Result<Vec<Arc<dyn Lo
     let cfg = ImageConfig::parse(&image.config)?;
     let mut lowers: Vec<Arc<dyn LowerTree>> = Vec::with_capacity(cfg.rootfs.diff_ids.len());
     for d in cfg.rootfs.diff_ids.iter().rev() {
-        let entries = store.layer_entries(d)?;
-        let entries = entries.into_iter().map(|e| index_entry(store, e)).collect();
-        let tree = IndexTree::from_entries(entries)
-            .with_context(|| format!("building the tree of layer {d}"))?;
-        lowers.push(Arc::new(tree));
+        lowers.push(Arc::new(layer_tree(store, d)?));
     }
     Ok(lowers)
 }

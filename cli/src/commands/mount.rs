@@ -67,7 +67,16 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     };
     let (lowers, upper, label, mnt): (Vec<Arc<dyn LowerTree>>, _, String, _) = match image {
         Some(name) => {
-            let store = g.store()?;
+            // The background process checks the image and the mountpoint itself and its errors
+            // come back through `spawn_background`, so the store is opened once, there. (A store
+            // that does not exist yet is opened here: its creation errors stay this process's.)
+            let db = g.root.join(layerstore::DB_FILE);
+            if !a.foreground && db.is_file() {
+                return spawn_background(&crate::union::run_dir(&g.root))
+                    .map(|()| ExitCode::SUCCESS);
+            }
+            let store = layerstore::Store::open_reader(&g.root)
+                .with_context(|| format!("opening the store at {}", g.root.display()))?;
             let img = store.resolve_image(&name)?;
             let mut dirs = vec![store.root()];
             dirs.extend(a.upper.as_deref());
@@ -79,6 +88,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                     .map(|()| ExitCode::SUCCESS);
             }
             let lowers = image_lowers(&store, &img)?;
+            drop(store);
             let upper = a
                 .upper
                 .clone()
