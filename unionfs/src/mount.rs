@@ -39,7 +39,8 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     /// Entry and attribute TTL of entries served purely from the (immutable) lowers.
     pub lower_ttl: Duration,
-    /// FUSE worker threads.
+    /// Worker threads for requests that may block (data copies, disk I/O, fsync); one more
+    /// thread reads the kernel's requests and answers the quick ones.
     pub n_threads: usize,
     /// Ask for FUSE passthrough for reads of lower files (needs CAP_SYS_ADMIN, kernel ≥ 6.9).
     pub passthrough: bool,
@@ -267,8 +268,9 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
     }
     let mut cfg = Config::default();
     cfg.mount_options = opts;
-    cfg.n_threads = Some(config.options.n_threads.max(1));
-    cfg.clone_fd = true;
+    // One thread reads the kernel's requests; `n_threads` workers take the slow ones
+    // (see `fuse::Pool`).
+    cfg.n_threads = Some(1);
     cfg.acl = if config.options.allow_other {
         SessionACL::All
     } else {
