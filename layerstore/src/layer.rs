@@ -781,6 +781,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Number of entries of a stored layer.
+    ///
+    /// # Errors
+    /// Unknown layer.
+    pub fn layer_entry_count(&self, diff_id: &Digest) -> Result<u64> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT entries FROM layers WHERE diff_id = ?1",
+                [diff_id.bytes()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })?
+        .map(|n| n as u64)
+        .ok_or_else(|| Error::NotFound {
+            kind: "layer",
+            name: diff_id.to_string(),
+            hint: "; 'strata inspect IMAGE' lists an image's layers (rootfs.diff_ids)".into(),
+        })
+    }
+
     /// Calls `f` with every entry of a stored layer in tar order, borrowed from the index row
     /// being read: nothing is allocated per entry (the fast path of a mount). `f` returning an
     /// error stops the walk and is returned.
