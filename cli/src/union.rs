@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use layerstore::layer::LayerEntryRef;
-use layerstore::{Digest, EntryKind, ImageConfig, ImageRecord, Store};
+use layerstore::{Digest, EntryKind, ImageConfig, ImageRecord, Objects, Store};
 use unionfs::index::IndexMeta;
 use unionfs::{IndexKind, IndexTree, LowerTree, MountOptions, UnionConfig};
 
@@ -24,12 +24,12 @@ const READY_LINE: &str = "ready";
 const UMOUNT_WAIT: Duration = Duration::from_secs(10);
 
 /// Converts one store entry into the union's kind and attributes.
-fn index_kind(store: &Store, e: &LayerEntryRef<'_>) -> (IndexKind, IndexMeta) {
+fn index_kind(objects: &Objects, e: &LayerEntryRef<'_>) -> (IndexKind, IndexMeta) {
     let link = || e.link.unwrap_or_default().to_owned();
     let kind = match e.kind {
         EntryKind::File => IndexKind::File {
             size: e.size,
-            content: e.object.map(|d| store.objects().path(&d)),
+            content: e.object.map(|d| objects.path(&d)),
         },
         EntryKind::Dir => IndexKind::Dir,
         EntryKind::Symlink => IndexKind::Symlink { target: link() },
@@ -61,28 +61,200 @@ fn index_kind(store: &Store, e: &LayerEntryRef<'_>) -> (IndexKind, IndexMeta) {
     (kind, meta)
 }
 
-/// The tree of one stored layer, built straight from the index rows.
-fn layer_tree(store: &Store, diff_id: &Digest) -> Result<IndexTree> {
-    let mut b = IndexTree::builder(0);
-    store.for_each_layer_entry(diff_id, |e| {
-        let (kind, meta) = index_kind(store, e);
-        b.push(e.path, kind, meta)
-            .with_context(|| format!("building the tree of layer {diff_id}"))
-    })?;
-    Ok(b.finish())
+/// Entries per batch handed from the thread reading the index to the one building the trees.
+const BATCH: usize = 1024;
+/// Batches queued before the reading thread waits for the builder.
+const QUEUE: usize = 8;
+
+/// One entry as the reading thread hands it over: a [`LayerEntryRef`] whose strings live in
+/// the batch's `text`.
+struct Item {
+    /// End of the path in `text` (it starts where the previous item's strings end).
+    path_end: usize,
+    /// End of the link target in `text` (it starts at `path_end`), when there is one.
+    link_end: Option<usize>,
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    size: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    object: Option<Digest>,
+    xattrs: Vec<(String, Vec<u8>)>,
 }
 
-/// The image's layers as lower trees, top first.
+/// What the reading thread hands to the building one.
+enum Feed {
+    /// The next layer begins (its position in the list, its DiffID, its entry count).
+    Layer(usize, Digest, usize),
+    /// Entries of the current layer.
+    Batch { text: String, items: Vec<Item> },
+}
+
+/// Reads the entries of `layers` from the index and sends them to the builder in batches.
+/// Stops early, without an error, when the builder has gone (it failed and says why).
 ///
 /// # Errors
-/// A config that does not parse, a layer missing from the index.
+/// The position of the layer whose entries could not be read, and why.
+fn read_layers(
+    store: &Store,
+    layers: &[Digest],
+    tx: &std::sync::mpsc::SyncSender<Feed>,
+) -> std::result::Result<(), (usize, anyhow::Error)> {
+    /// Why the walk of one layer stopped.
+    enum Stop {
+        Store(layerstore::Error),
+        BuilderGone,
+    }
+    impl From<layerstore::Error> for Stop {
+        fn from(e: layerstore::Error) -> Self {
+            Stop::Store(e)
+        }
+    }
+    let new_batch = || (String::with_capacity(BATCH * 64), Vec::with_capacity(BATCH));
+    for (i, d) in layers.iter().enumerate() {
+        let count = store
+            .layer_entry_count(d)
+            .map_err(|e| (i, anyhow::Error::from(e)))?;
+        if tx
+            .send(Feed::Layer(i, *d, usize::try_from(count).unwrap_or(0)))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let (mut text, mut items) = new_batch();
+        let walk = store.for_each_layer_entry(d, |e| {
+            text.push_str(e.path);
+            let path_end = text.len();
+            let link_end = e.link.map(|l| {
+                text.push_str(l);
+                text.len()
+            });
+            items.push(Item {
+                path_end,
+                link_end,
+                kind: e.kind,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                mtime_nsec: e.mtime_nsec,
+                size: e.size,
+                dev_major: e.dev_major,
+                dev_minor: e.dev_minor,
+                object: e.object,
+                xattrs: e.xattrs.to_vec(),
+            });
+            if items.len() == BATCH {
+                let (t, it) = new_batch();
+                let text = std::mem::replace(&mut text, t);
+                let items = std::mem::replace(&mut items, it);
+                tx.send(Feed::Batch { text, items })
+                    .map_err(|_| Stop::BuilderGone)?;
+            }
+            Ok::<(), Stop>(())
+        });
+        match walk {
+            Ok(()) => {}
+            Err(Stop::BuilderGone) => return Ok(()),
+            Err(Stop::Store(e)) => return Err((i, e.into())),
+        }
+        if !items.is_empty() && tx.send(Feed::Batch { text, items }).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Builds one tree per layer from what [`read_layers`] sends.
+///
+/// # Errors
+/// The position of the layer whose tree could not be built, and why.
+fn build_trees(
+    objects: &Objects,
+    rx: std::sync::mpsc::Receiver<Feed>,
+) -> std::result::Result<Vec<IndexTree>, (usize, anyhow::Error)> {
+    let mut trees = Vec::new();
+    let mut cur: Option<(usize, Digest, unionfs::index::IndexTreeBuilder)> = None;
+    for feed in rx {
+        match feed {
+            Feed::Layer(i, d, count) => {
+                trees.extend(cur.take().map(|(_, _, b)| b.finish()));
+                cur = Some((i, d, IndexTree::builder(count)));
+            }
+            Feed::Batch { text, items } => {
+                let Some((i, d, b)) = cur.as_mut() else {
+                    continue;
+                };
+                let mut start = 0;
+                for it in &items {
+                    let e = LayerEntryRef {
+                        path: &text[start..it.path_end],
+                        kind: it.kind,
+                        mode: it.mode,
+                        uid: it.uid,
+                        gid: it.gid,
+                        mtime: it.mtime,
+                        mtime_nsec: it.mtime_nsec,
+                        size: it.size,
+                        link: it.link_end.map(|end| &text[it.path_end..end]),
+                        dev_major: it.dev_major,
+                        dev_minor: it.dev_minor,
+                        object: it.object,
+                        xattrs: &it.xattrs,
+                    };
+                    start = it.link_end.unwrap_or(it.path_end);
+                    let (kind, meta) = index_kind(objects, &e);
+                    b.push(e.path, kind, meta).map_err(|err| {
+                        (
+                            *i,
+                            anyhow::Error::from(err)
+                                .context(format!("building the tree of layer {d}")),
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+    trees.extend(cur.map(|(_, _, b)| b.finish()));
+    Ok(trees)
+}
+
+/// The image's layers as lower trees, top first. One thread reads the index while another
+/// builds the trees.
+///
+/// # Errors
+/// A config that does not parse, a layer missing from the index, a layer whose entries do not
+/// make a tree (the first such layer, top first, as if the layers were read one by one).
 pub fn image_lowers(store: &Store, image: &ImageRecord) -> Result<Vec<Arc<dyn LowerTree>>> {
     let cfg = ImageConfig::parse(&image.config)?;
-    let mut lowers: Vec<Arc<dyn LowerTree>> = Vec::with_capacity(cfg.rootfs.diff_ids.len());
-    for d in cfg.rootfs.diff_ids.iter().rev() {
-        lowers.push(Arc::new(layer_tree(store, d)?));
+    let layers: Vec<Digest> = cfg.rootfs.diff_ids.iter().rev().copied().collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let (read, built) = std::thread::scope(|s| {
+        let builder = std::thread::Builder::new()
+            .name("strata-tree".into())
+            .spawn_scoped(s, move || build_trees(store.objects(), rx))
+            .context("starting the tree builder thread")?;
+        let read = read_layers(store, &layers, &tx);
+        drop(tx);
+        let built = builder
+            .join()
+            .map_err(|_| anyhow::anyhow!("the tree builder thread panicked"))?;
+        Ok::<_, anyhow::Error>((read, built))
+    })?;
+    // The first failing layer decides; for the same layer, reading it failed first.
+    match (read, built) {
+        (Err((ri, re)), Err((bi, _))) if ri <= bi => Err(re),
+        (_, Err((_, be))) => Err(be),
+        (Err((_, re)), Ok(_)) => Err(re),
+        (Ok(()), Ok(trees)) => Ok(trees
+            .into_iter()
+            .map(|t| Arc::new(t) as Arc<dyn LowerTree>)
+            .collect()),
     }
-    Ok(lowers)
 }
 
 /// Mount options for CLI mounts: long kernel caching of the immutable lowers; FUSE passthrough
