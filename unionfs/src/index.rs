@@ -244,6 +244,9 @@ pub(crate) struct Arena {
     nodes: Vec<Node>,
 }
 
+/// Most entries a capacity hint reserves room for up front (a bad hint must not abort).
+const MAX_RESERVE: usize = 1 << 22;
+
 /// Builds an [`Arena`] from entries in tar order.
 ///
 /// While building, each directory's `children` collects `(name, node)` in the order names are
@@ -263,8 +266,9 @@ impl ArenaBuilder {
         Self::with_capacity(0)
     }
 
-    /// A builder with room for `entries` entries.
+    /// A builder with room for `entries` entries (a hint: at most [`MAX_RESERVE`] are reserved).
     pub(crate) fn with_capacity(entries: usize) -> Self {
+        let entries = entries.min(MAX_RESERVE);
         let mut by_path = HashMap::with_capacity_and_hasher(entries + 1, FxBuild::default());
         by_path.insert(Box::from(""), NodeId(0));
         let mut nodes = Vec::with_capacity(entries + 1);
@@ -622,7 +626,7 @@ pub struct IndexTreeBuilder {
 }
 
 impl IndexTreeBuilder {
-    /// A builder with room for about `entries` entries.
+    /// A builder with room for about `entries` entries (a hint; the tree grows as needed).
     pub fn with_capacity(entries: usize) -> IndexTreeBuilder {
         IndexTreeBuilder {
             b: ArenaBuilder::with_capacity(entries),
