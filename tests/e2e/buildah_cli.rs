@@ -140,7 +140,12 @@ fn have_buildah_tools() -> bool {
 
 /// A busybox image saved as a docker-archive by strata.
 fn busybox_archive(env: &TestEnv) -> PathBuf {
-    let f = env.write("bb.tar", &busybox_tar().unwrap());
+    archive_of(env, &busybox_tar().unwrap())
+}
+
+/// The rootfs tar `rootfs` imported as `bb:1` and saved as a docker-archive by strata.
+fn archive_of(env: &TestEnv, rootfs: &[u8]) -> PathBuf {
+    let f = env.write("bb.tar", rootfs);
     env.ok(&[
         "import",
         "-c",
@@ -238,16 +243,7 @@ fn buildah_with_an_id_map_sees_and_commits_what_fuse_overlayfs_does() {
         )
         .unwrap();
     }
-    let f = env.write("bb.tar", &b.into_inner().unwrap());
-    env.ok(&[
-        "import",
-        "-c",
-        "CMD [\"/bin/sh\"]",
-        f.to_str().unwrap(),
-        "bb:1",
-    ]);
-    let archive = env.path("bb-archive.tar");
-    env.ok(&["save", "-o", archive.to_str().unwrap(), "bb:1"]);
+    let archive = archive_of(&env, &b.into_inner().unwrap());
     let maps = [
         "--userns-uid-map",
         "0:100000:65536",

@@ -344,8 +344,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
-            Ok(a) => reply.attr(&self.attr_ttl(), &file_attr(&a, &self.opts.id_map)),
+        // Lower-only inodes keep their long TTL: a read's atime invalidation must not turn
+        // every later stat into a round trip.
+        match self.fs.getattr_entry(Ino(ino.0), fh.map(|f| Fh(f.0))) {
+            Ok(e) => {
+                let ttl = if e.immutable {
+                    self.opts.lower_ttl
+                } else {
+                    self.attr_ttl()
+                };
+                reply.attr(&ttl, &file_attr(&e.attr, &self.opts.id_map));
+            }
             Err(e) => reply.error(errno("getattr", ino.0, &e)),
         }
     }
@@ -550,10 +559,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.offload(move |c| match c.fs.read(Fh(fh.0), offset, size) {
-            Ok(d) => reply.data(&d),
+        // Data in the page cache is answered here; a read that would wait for the disk goes
+        // to a worker.
+        match self.fs.read_cached(Fh(fh.0), offset, size) {
+            Ok(Some(d)) => reply.data(&d),
+            Ok(None) => self.offload(move |c| match c.fs.read(Fh(fh.0), offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno("read", ino.0, &e)),
+            }),
             Err(e) => reply.error(errno("read", ino.0, &e)),
-        });
+        }
     }
 
     fn write(

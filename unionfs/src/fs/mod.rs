@@ -584,6 +584,19 @@ impl UnionFs {
         self.attr_of(ino, &s, fh)
     }
 
+    /// Attributes of an inode as an [`Entry`]: also whether it is served purely from the
+    /// lowers (so the kernel may keep them for long).
+    ///
+    /// # Errors
+    /// As `getattr`.
+    pub fn getattr_entry(&self, ino: Ino, fh: Option<Fh>) -> Result<Entry> {
+        let s = self.state(ino)?;
+        Ok(Entry {
+            attr: self.attr_of(ino, &s, fh)?,
+            immutable: !s.upper,
+        })
+    }
+
     fn attr_of(&self, ino: Ino, s: &NodeState, fh: Option<Fh>) -> Result<Attr> {
         if s.upper {
             let md = match fh.and_then(|f| self.handle(f).ok()) {
@@ -846,30 +859,6 @@ impl UnionFs {
         self.ns_gen.fetch_add(1, Ordering::Release);
     }
 
-    /// Calls `f` on the items of an open directory from `offset` on (item `i` has offset
-    /// `i + 1`) until it returns `false`, without copying the listing.
-    ///
-    /// # Errors
-    /// `BadHandle` for an unknown handle, `NotDir` for a file handle.
-    pub fn readdir_with(
-        &self,
-        fh: Fh,
-        offset: u64,
-        mut f: impl FnMut(u64, &DirItem) -> bool,
-    ) -> Result<()> {
-        let h = self.handle(fh)?;
-        let HandleData::Dir(items) = &h.data else {
-            return Err(FsError::NotDir);
-        };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, item) in items.iter().enumerate().skip(start) {
-            if !f(i as u64 + 1, item) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// The items of an open directory from `offset` on; item `i` has offset `i + 1`.
     ///
     /// # Errors
@@ -932,6 +921,40 @@ impl UnionFs {
         };
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Like [`UnionFs::read`], but only when that cannot block on the disk: the data comes
+    /// from the page cache (`preadv2` with `RWF_NOWAIT`) or from memory. `None`: some of it is
+    /// not cached, read it with [`UnionFs::read`] where blocking is fine.
+    ///
+    /// # Errors
+    /// As `read`.
+    pub fn read_cached(&self, fh: Fh, offset: u64, size: u32) -> Result<Option<Vec<u8>>> {
+        let h = self.handle(fh)?;
+        let f = match &h.data {
+            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f,
+            HandleData::Lower { file: None, .. } => return self.read(fh, offset, size).map(Some),
+            HandleData::Dir(_) => return Err(FsError::IsDir),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let r = rustix::io::preadv2(
+                f,
+                &mut [std::io::IoSliceMut::new(&mut buf[done..])],
+                offset + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            );
+            match r {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                // EAGAIN: not cached; EOPNOTSUPP: the filesystem cannot tell.
+                Err(_) => return Ok(None),
+            }
+        }
+        buf.truncate(done);
+        Ok(Some(buf))
     }
 
     /// Whether an open handle reads an immutable lower file.
