@@ -118,12 +118,10 @@ struct Backing {
 /// A job for the worker threads: one request, replied to by the job itself.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Worker threads for the requests that may take long (data copies, disk I/O, fsync). The
-/// kernel's requests are read by one thread: on two cores, several threads reading
-/// `/dev/fuse` make every synchronous request bounce between CPUs (an untar ran 2–4× slower
-/// with two readers than with one), while the quick metadata requests are answered from
-/// memory or with a syscall or two. Anything that can block goes to the pool, so a 1 GiB
-/// copy-up never stalls the `stat`s of others.
+/// Worker threads for the requests that may take long (data copies, disk reads, fsync): the
+/// threads that read `/dev/fuse` answer the quick metadata requests themselves and hand
+/// anything that can block to the pool, so they stay free to take the next request and a
+/// 1 GiB copy-up never stalls the `stat`s of others.
 #[derive(Debug)]
 struct Pool {
     tx: std::sync::mpsc::Sender<Job>,

@@ -39,9 +39,10 @@
 //! Lock order (see [`fs`]): the namespace lock (shared for adding names and copy-up, exclusive
 //! for unlink/rmdir/rename) → per-inode copy-up locks (a node before its ancestors) → the inode
 //! table (map operations only, never held across I/O) → the handle table. Lookups, `getattr`
-//! and reads take no namespace lock, so they never wait for a copy-up. One thread reads the
-//! kernel's requests and answers the quick ones; requests that may block (reads, writes,
-//! opens for writing, truncates, fsync) go to `n_threads` workers (`fuse.rs`, `Pool`).
+//! and reads take no namespace lock, so they never wait for a copy-up. `n_threads` threads
+//! read the kernel's requests (`clone_fd`) and answer the quick ones; requests that may block
+//! (reads not in the page cache, writes, opens for writing, truncates, fsync) go to as many
+//! workers (`fuse.rs`, `Pool`).
 //!
 //! # Inode lifetimes
 //! An inode number belongs to a merged path from its first lookup (or listing) for the life of

@@ -39,8 +39,10 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     /// Entry and attribute TTL of entries served purely from the (immutable) lowers.
     pub lower_ttl: Duration,
-    /// Worker threads for requests that may block (data copies, disk I/O, fsync); one more
-    /// thread reads the kernel's requests and answers the quick ones.
+    /// Threads that read the kernel's requests and answer the quick ones, and as many workers
+    /// for requests that may block (data copies, disk I/O, fsync). More readers than cores:
+    /// while one thread writes a reply (and the woken caller takes its CPU), another is already
+    /// waiting for the next request (10k creates: 1 reader 3.8 s, 2: 2.4 s, 4: 2.2 s, here).
     pub n_threads: usize,
     /// Ask for FUSE passthrough for reads of lower files (needs CAP_SYS_ADMIN, kernel ≥ 6.9).
     pub passthrough: bool,
@@ -67,7 +69,7 @@ impl Default for MountOptions {
             entry_ttl: UPPER_TTL,
             attr_ttl: UPPER_TTL,
             lower_ttl: LOWER_TTL,
-            n_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n_threads: std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4)),
             passthrough: false,
             writeback_cache: false,
             allow_other: rustix::process::geteuid().is_root(),
@@ -268,9 +270,10 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
     }
     let mut cfg = Config::default();
     cfg.mount_options = opts;
-    // One thread reads the kernel's requests; `n_threads` workers take the slow ones
+    // `n_threads` threads read the kernel's requests, and as many workers take the slow ones
     // (see `fuse::Pool`).
-    cfg.n_threads = Some(1);
+    cfg.n_threads = Some(config.options.n_threads.max(1));
+    cfg.clone_fd = true;
     cfg.acl = if config.options.allow_other {
         SessionACL::All
     } else {
