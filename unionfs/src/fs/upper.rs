@@ -225,8 +225,16 @@ pub(crate) enum DataSource<'a> {
 }
 
 /// Copies `size` bytes into `dst` (already open for writing, empty): FICLONE, else
-/// `copy_file_range` over the data segments (holes stay holes), else read/write.
-pub(crate) fn copy_data(src: &DataSource<'_>, dst: &File, size: u64) -> io::Result<()> {
+/// `copy_file_range` over the data segments (holes stay holes), else read/write. With
+/// `write_behind` (the copy is fsynced afterwards) the copied data is written back while the
+/// copy goes on (see [`WriteBehind`]).
+pub(crate) fn copy_data(
+    src: &DataSource<'_>,
+    dst: &File,
+    size: u64,
+    write_behind: bool,
+) -> io::Result<()> {
+    let mut wb = WriteBehind::new(dst, write_behind);
     match src {
         DataSource::File(f) => {
             if rustix::fs::ioctl_ficlone(dst, f).is_ok() {
@@ -242,7 +250,13 @@ pub(crate) fn copy_data(src: &DataSource<'_>, dst: &File, size: u64) -> io::Resu
                 let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data))
                     .unwrap_or(size)
                     .min(size);
-                copy_range(f, dst, data, hole)?;
+                let mut at = data;
+                while at < hole {
+                    let end = hole.min(at + WRITE_BEHIND_CHUNK);
+                    copy_range(f, dst, at, end)?;
+                    wb.copied(at, end);
+                    at = end;
+                }
                 pos = hole.max(data + 1);
             }
             dst.set_len(size)
@@ -256,10 +270,56 @@ pub(crate) fn copy_data(src: &DataSource<'_>, dst: &File, size: u64) -> io::Resu
                     break;
                 }
                 dst.write_all_at(&buf[..n], pos)?;
+                wb.copied(pos, pos + n as u64);
                 pos += n as u64;
             }
             dst.set_len(size)
         }
+    }
+}
+
+/// How much is copied between two write-behind steps.
+const WRITE_BEHIND_CHUNK: u64 = 16 << 20;
+
+/// Writes a copy back to disk while it is being made (the streaming-write pattern): each
+/// chunk's writeback starts once it is copied, and the copy waits for the writeback of the
+/// chunk before it. The fsync that follows a copy-up then has almost nothing left to write,
+/// and dirty memory stays at two chunks. Errors are ignored: the fsync reports them.
+struct WriteBehind<'a> {
+    dst: &'a File,
+    on: bool,
+    /// Copied bytes whose writeback has not been started, from `pending`.
+    pending: u64,
+    /// Start of the range whose writeback was started last and not waited for.
+    started: Option<(u64, u64)>,
+}
+
+impl<'a> WriteBehind<'a> {
+    fn new(dst: &'a File, on: bool) -> Self {
+        WriteBehind {
+            dst,
+            on,
+            pending: 0,
+            started: None,
+        }
+    }
+
+    fn copied(&mut self, start: u64, end: u64) {
+        if !self.on {
+            return;
+        }
+        if start < self.pending {
+            self.pending = start;
+        }
+        if end - self.pending < WRITE_BEHIND_CHUNK {
+            return;
+        }
+        if let Some((a, b)) = self.started.take() {
+            let _ = crate::sys::sync_file_range(self.dst, a, b - a, true);
+        }
+        let _ = crate::sys::sync_file_range(self.dst, self.pending, end - self.pending, false);
+        self.started = Some((self.pending, end));
+        self.pending = end;
     }
 }
 

@@ -173,7 +173,9 @@ impl UnionFs {
             Some(f) => DataSource::File(f),
             None => DataSource::ReadAt(&read),
         };
-        copy_data(&src, dst, size).map_err(FsError::io("copy up data", "<upper file>"))
+        let write_behind = self.upper()?.fsync;
+        copy_data(&src, dst, size, write_behind)
+            .map_err(FsError::io("copy up data", "<upper file>"))
     }
 
     /// Copies a non-directory up. With `data == false` a regular file becomes a metadata-only
