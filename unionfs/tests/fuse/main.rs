@@ -18,6 +18,8 @@ fn semantics_doc_names_real_tests() {
         include_str!("semantics.rs"),
         include_str!("differential.rs"),
         include_str!("mounting.rs"),
+        // Unit tests of the merge logic without FUSE.
+        include_str!("../../src/fs/tests.rs"),
         // The drop-in's end-to-end tests (the CLI's), for its sections.
         include_str!("../../../tests/e2e/overlayfs_cli.rs"),
     ]
