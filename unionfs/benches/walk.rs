@@ -6,19 +6,19 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use unionfs::{FsOptions, IndexEntry, IndexKind, IndexTree, Ino, LowerTree, ROOT_INO, UnionFs};
+use unionfs::{
+    FsOptions, IndexEntry, IndexKind, IndexMeta, IndexTree, Ino, LowerTree, ROOT_INO, UnionFs,
+};
 
 fn entries(n_dirs: usize, files_per_dir: usize) -> Vec<IndexEntry> {
     let mut v = Vec::new();
     let meta = |path: String, kind| IndexEntry {
         path,
         kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        xattrs: vec![],
+        meta: IndexMeta {
+            mode: 0o644,
+            ..IndexMeta::default()
+        },
     };
     for d in 0..n_dirs {
         v.push(meta(format!("usr/share/d{d:04}"), IndexKind::Dir));

@@ -24,18 +24,8 @@ pub struct IndexEntry {
     pub path: String,
     /// What the entry is.
     pub kind: IndexKind,
-    /// Permission bits including setuid/setgid/sticky (`0o7777`).
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Modification time, seconds since the epoch.
-    pub mtime: i64,
-    /// Nanoseconds of the modification time.
-    pub mtime_nsec: u32,
-    /// Extended attributes (name, value).
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Mode, owner, times, xattrs.
+    pub meta: IndexMeta,
 }
 
 /// The kind of an [`IndexEntry`].
@@ -224,20 +214,6 @@ pub struct IndexMeta {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl IndexMeta {
-    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
-    fn of(e: &IndexEntry) -> IndexMeta {
-        IndexMeta {
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-            mtime_nsec: e.mtime_nsec,
-            xattrs: e.xattrs.clone(),
-        }
-    }
-}
-
 /// The arena shared by [`IndexTree`] and the test-only `MemTree`.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
@@ -318,7 +294,7 @@ impl ArenaBuilder {
     /// Adds one entry. A layer's own entries are never hidden by its own whiteouts.
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub(crate) fn add(&mut self, path: &str, payload: Payload, meta: &IndexEntry, size: u64) {
-        self.add_meta(path, payload, IndexMeta::of(meta), size);
+        self.add_meta(path, payload, meta.meta.clone(), size);
     }
 
     /// [`ArenaBuilder::add`] with the attributes by value.
@@ -593,15 +569,7 @@ impl IndexTree {
     pub fn from_entries(entries: Vec<IndexEntry>) -> io::Result<IndexTree> {
         let mut b = IndexTreeBuilder::with_capacity(entries.len());
         for e in entries {
-            let meta = IndexMeta {
-                mode: e.mode,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: e.mtime,
-                mtime_nsec: e.mtime_nsec,
-                xattrs: e.xattrs,
-            };
-            b.push(&e.path, e.kind, meta)?;
+            b.push(&e.path, e.kind, e.meta)?;
         }
         Ok(b.finish())
     }
@@ -736,12 +704,13 @@ mod tests {
         IndexEntry {
             path: path.into(),
             kind,
-            mode: 0o644,
-            uid: 1,
-            gid: 2,
-            mtime: 5,
-            mtime_nsec: 0,
-            xattrs: vec![],
+            meta: IndexMeta {
+                mode: 0o644,
+                uid: 1,
+                gid: 2,
+                mtime: 5,
+                ..IndexMeta::default()
+            },
         }
     }
 
@@ -869,15 +838,7 @@ mod tests {
         let a = IndexTree::from_entries(entries.clone()).unwrap();
         let mut b = IndexTree::builder(entries.len());
         for x in entries {
-            let meta = IndexMeta {
-                mode: x.mode,
-                uid: x.uid,
-                gid: x.gid,
-                mtime: x.mtime,
-                mtime_nsec: x.mtime_nsec,
-                xattrs: x.xattrs,
-            };
-            b.push(&x.path, x.kind, meta).unwrap();
+            b.push(&x.path, x.kind, x.meta).unwrap();
         }
         let b = b.finish();
         assert_eq!(names(&a, a.root()), names(&b, b.root()));

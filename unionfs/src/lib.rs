@@ -68,6 +68,6 @@ pub use error::{FsError, Result};
 pub use fs::write::{SetAttr, SetTime};
 pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
 pub use idmap::{IdMap, IdRange};
-pub use index::{IndexEntry, IndexKind, IndexTree};
+pub use index::{IndexEntry, IndexKind, IndexMeta, IndexTree};
 pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
 pub use mount::{MountOptions, Session, UnionConfig, UpperDirs, mount, spawn};

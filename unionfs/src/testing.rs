@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
-use crate::index::{ArenaBuilder, Content, IndexEntry, IndexKind, IndexTree, Payload};
+use crate::index::{ArenaBuilder, Content, IndexEntry, IndexKind, IndexMeta, IndexTree, Payload};
 use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
 
 pub use crate::mount::MountedUnion;
@@ -28,12 +28,11 @@ fn meta(path: &str, mode: u32) -> IndexEntry {
     IndexEntry {
         path: path.to_owned(),
         kind: IndexKind::Dir,
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime: 1_000_000_000,
-        mtime_nsec: 0,
-        xattrs: Vec::new(),
+        meta: IndexMeta {
+            mode,
+            mtime: 1_000_000_000,
+            ..IndexMeta::default()
+        },
     }
 }
 
@@ -87,9 +86,9 @@ impl MemTreeBuilder {
         xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Self {
         let mut m = meta(path, mode);
-        m.uid = uid;
-        m.gid = gid;
-        m.xattrs = xattrs;
+        m.meta.uid = uid;
+        m.meta.gid = gid;
+        m.meta.xattrs = xattrs;
         let c = if content.is_empty() {
             Content::Empty
         } else {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use unionfs::testing::MountedUnion;
 use unionfs::{
-    FsError, IndexEntry, IndexKind, IndexTree, LowerTree, MountOptions, UnionConfig, UpperDirs,
+    FsError, IndexEntry, IndexKind, IndexMeta, IndexTree, LowerTree, MountOptions, UnionConfig,
+    UpperDirs,
 };
 
 use crate::common::*;
@@ -20,12 +21,13 @@ fn entry(path: &str, kind: IndexKind, mode: u32) -> IndexEntry {
     IndexEntry {
         path: path.into(),
         kind,
-        mode,
-        uid,
-        gid,
-        mtime: 1_600_000_000,
-        mtime_nsec: 0,
-        xattrs: vec![],
+        meta: IndexMeta {
+            mode,
+            uid,
+            gid,
+            mtime: 1_600_000_000,
+            ..IndexMeta::default()
+        },
     }
 }
 
