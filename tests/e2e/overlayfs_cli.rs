@@ -129,6 +129,23 @@ impl Drop for Guard {
     }
 }
 
+/// Runs a fuse-overlayfs command line (`program -o OPTS MNT`), as containers/storage does: it
+/// waits for the exit, then uses the mount.
+fn run_mount(program: &Path, opts: &str, mnt: &Path) {
+    let o = Command::new(program)
+        .args(["-o", opts])
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        program.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(is_mounted(mnt), "the mount is live when the command exits");
+}
+
 /// Mounts with the drop-in the way containers/storage does (it waits for the exit, then uses
 /// the mount) and applies the same changes as `changes_kernel` below.
 fn mount_dropin(l1: &Path, l2: &Path, up: &Path, work: &Path, mnt: &Path) {
@@ -140,13 +157,7 @@ fn mount_dropin(l1: &Path, l2: &Path, up: &Path, work: &Path, mnt: &Path) {
         up.display(),
         work.display()
     );
-    let o = Command::new(dropin())
-        .args(["-o", &opts])
-        .arg(mnt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(is_mounted(mnt), "the mount is live when the command exits");
+    run_mount(&dropin(), &opts, mnt);
 }
 
 fn apply_changes(mnt: &Path) {
@@ -210,12 +221,7 @@ fn rootless_dropin_honours_redirect_dir_off() {
         up.display(),
         work.display()
     );
-    let o = Command::new(dropin())
-        .args(["-o", &opts])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_mount(&dropin(), &opts, &mnt);
     // A directory with lower content cannot move (EXDEV, as overlayfs answers); `mv` copies.
     let err = fs::rename(mnt.join("keep"), mnt.join("moved")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
@@ -376,12 +382,7 @@ fn idmap_views(program: &Path, extra: &str) -> Views {
         up.display(),
         work.display()
     );
-    let o = Command::new(program)
-        .args(["-o", &opts])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_mount(program, &opts, &mnt);
     let before = owners(&mnt);
     // As host root: a new file and dir, a chown of a lower file (copy-up), a symlink.
     fs::write(mnt.join("etc/new"), b"n").unwrap();
