@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use unionfs::{MountOptions, UnionConfig, UpperDirs};
 
 use crate::Globals;
@@ -96,7 +96,14 @@ fn create(g: &Globals, a: CreateArgs) -> Result<ExitCode> {
 }
 
 fn mount(g: &Globals, a: MountArgs) -> Result<ExitCode> {
-    let store = g.store()?;
+    // As `strata mount`: the background process checks the container and the mountpoint and
+    // its errors come back through `spawn_background`, so the store is opened once, there, and
+    // only read (a store that does not exist yet is opened here: its errors stay ours).
+    if !a.foreground && g.root.join(layerstore::DB_FILE).is_file() {
+        return spawn_background(&crate::union::run_dir(&g.root)).map(|()| ExitCode::SUCCESS);
+    }
+    let store = layerstore::Store::open_reader(&g.root)
+        .with_context(|| format!("opening the store at {}", g.root.display()))?;
     let c = store.resolve_container(&a.container)?;
     if let Some(s) = RunState::list(&g.root)
         .into_iter()
@@ -110,10 +117,6 @@ fn mount(g: &Globals, a: MountArgs) -> Result<ExitCode> {
         );
     }
     let mnt = check_mountpoint(&a.dir, &[store.root()])?;
-    if !a.foreground {
-        drop(store);
-        return spawn_background(&crate::union::run_dir(&g.root)).map(|()| ExitCode::SUCCESS);
-    }
     let img = store.resolve_image(&c.image.to_string())?;
     let lowers = image_lowers(&store, &img)?;
     let options = if a.uncached {
