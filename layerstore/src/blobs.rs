@@ -532,17 +532,7 @@ impl<'s, R: Read> VerifyingTee<'s, R> {
                 ),
             ));
         }
-        buf.truncate(n);
-        let chunk = std::sync::Arc::new(buf);
-        let sent = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(chunk.clone()).is_ok());
-        if !sent {
-            return Err(io::Error::other(
-                "internal: the blob hashing thread stopped",
-            ));
-        }
+        let chunk = crate::digest::send_chunk(self.tx.as_ref(), buf, n, "blob hashing thread")?;
         self.cur = chunk;
         Ok(true)
     }

@@ -161,6 +161,28 @@ pub(crate) fn recycled_buffer(
     buf
 }
 
+/// Hands the first `n` bytes of `buf` to a hashing thread as one shared chunk and returns it
+/// (the reader keeps serving reads from it).
+///
+/// # Errors
+/// The thread is gone (`what` names it in the message).
+pub(crate) fn send_chunk(
+    tx: Option<&crossbeam_channel::Sender<std::sync::Arc<Vec<u8>>>>,
+    mut buf: Vec<u8>,
+    n: usize,
+    what: &str,
+) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+    buf.truncate(n);
+    let chunk = std::sync::Arc::new(buf);
+    if tx.is_some_and(|tx| tx.send(chunk.clone()).is_ok()) {
+        Ok(chunk)
+    } else {
+        Err(std::io::Error::other(format!(
+            "internal: the {what} stopped"
+        )))
+    }
+}
+
 /// Writes through to `inner`, hashing and counting what was written.
 pub(crate) struct HashWrite<W> {
     pub(crate) inner: W,

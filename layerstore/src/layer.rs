@@ -258,16 +258,8 @@ impl<R: Read> OffloadHashReader<R> {
         if n == 0 {
             return Ok(false);
         }
-        buf.truncate(n);
         self.count += n as u64;
-        let chunk = std::sync::Arc::new(buf);
-        let sent = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(chunk.clone()).is_ok());
-        if !sent {
-            return Err(std::io::Error::other("the layer hashing thread stopped"));
-        }
+        let chunk = crate::digest::send_chunk(self.tx.as_ref(), buf, n, "layer hashing thread")?;
         self.cur = chunk;
         Ok(true)
     }

@@ -27,22 +27,7 @@
 # round-trip (save → load → save must be byte-identical).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-IMAGE=
-if [[ ${1:-} == --image ]]; then
-    IMAGE=${2:?--image needs an image archive}
-    TAR=$IMAGE
-else
-    TAR=${1:-/var/cache/strata-ci/debian-bookworm-minbase.tar}
-fi
-RUNS=${RUNS:-3}
-STRATA=${STRATA:-$ROOT/target/release/strata}
-if [[ ! -x $STRATA ]]; then
-    STRATA=$ROOT/target/debug/strata
-    echo "warning: no release build; using $STRATA (run 'cargo build --release -p strata')" >&2
-fi
-[[ -f $TAR ]] || { echo "error: $TAR missing; build it with scripts/fixtures/debian-rootfs.sh" >&2; exit 1; }
-command -v skopeo >/dev/null || { echo "error: skopeo is not installed (apt-get install skopeo)" >&2; exit 1; }
+source "$(dirname "$0")/image-args.sh"
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-archive-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
