@@ -9,13 +9,15 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
 use parking_lot::RwLock;
-use rustix::fs::{AtFlags, CWD};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 
 use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId, bad_node};
 use crate::xattr;
@@ -81,6 +83,52 @@ struct Interner {
     attrs: HashMap<NodeId, LowerAttr>,
     /// Directories read whole (entries and attributes), on first use.
     dirs: HashMap<NodeId, Arc<DirIndex>>,
+    /// Names of directories whose opacity was asked before they were read whole (a lookup
+    /// asks it of every directory it passes): `index` takes them over.
+    scans: HashMap<NodeId, Arc<Scan>>,
+}
+
+/// A directory's names as `getdents` gives them (nothing `stat`ed yet), and its opacity.
+#[derive(Debug)]
+struct Scan {
+    names: Vec<OsString>,
+    opaque: bool,
+}
+
+/// `rel` for the `*at` calls: the root itself is `.`.
+fn at(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}
+
+/// Whether the open directory `fd` has one of [`OPAQUE_XATTRS`] set to `y`: one `flistxattr`,
+/// then a `fgetxattr` only for a name that matches.
+fn has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
+    let mut list = vec![0u8; 1024];
+    let n = match rustix::fs::flistxattr(fd, &mut list[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            let Ok(len) = rustix::fs::flistxattr_query(fd) else {
+                return false;
+            };
+            list.resize(len, 0);
+            match rustix::fs::flistxattr(fd, &mut list[..]) {
+                Ok(n) => n,
+                Err(_) => return false,
+            }
+        }
+        Err(_) => return false,
+    };
+    list[..n.min(list.len())]
+        .split(|&b| b == 0)
+        .filter(|name| OPAQUE_XATTRS.iter().any(|x| x.as_bytes() == *name))
+        .any(|name| {
+            let mut v = [0u8; 2];
+            matches!(rustix::fs::fgetxattr(fd, OsStr::from_bytes(name), &mut v[..]), Ok(1) if v[0] == b'y')
+        })
 }
 
 /// One directory of the tree, read once: lookups and listings are answered from memory.
@@ -124,11 +172,14 @@ fn lower_attr(st: &rustix::fs::Stat) -> LowerAttr {
 /// detaches the view once the program has exited.
 #[derive(Debug)]
 pub struct DirTree {
-    /// `/proc/self/fd/N` of `_fd`.
+    /// `/proc/self/fd/N` of `fd`, for the calls that take a path only (xattrs).
     root: PathBuf,
     /// The directory as it was named.
     named: PathBuf,
-    _fd: std::os::fd::OwnedFd,
+    /// The directory (`O_PATH`): opens and stats are relative to it, a walk of the relative
+    /// path only (through `/proc/self/fd/N/…`, a cold `find` spent a fifth of the daemon's time
+    /// resolving the magic link and walking again from the root).
+    fd: OwnedFd,
     nodes: RwLock<Interner>,
 }
 
@@ -175,7 +226,7 @@ impl DirTree {
         Ok(DirTree {
             root: access,
             named: root,
-            _fd: fd,
+            fd,
             nodes: RwLock::new(i),
         })
     }
@@ -238,13 +289,51 @@ impl DirTree {
         id
     }
 
-    fn is_opaque(&self, node: NodeId, abs: &Path) -> bool {
+    /// Whether the directory `node` is opaque: known once it was listed; otherwise its names
+    /// are read (no `stat`s) and kept for its listing.
+    fn is_opaque(&self, node: NodeId) -> io::Result<bool> {
         if let Some(o) = self.nodes.read().opaque.get(&node) {
-            return *o;
+            return Ok(*o);
         }
-        let o = dir_is_opaque(abs);
-        self.nodes.write().opaque.insert(node, o);
-        o
+        let (scan, _) = self.read_scan(&self.rel(node)?)?;
+        let o = scan.opaque;
+        let mut n = self.nodes.write();
+        n.opaque.insert(node, o);
+        if !n.dirs.contains_key(&node) {
+            n.scans.insert(node, Arc::new(scan));
+        }
+        Ok(o)
+    }
+
+    fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            &self.fd,
+            at(rel),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Reads the names of the directory `rel` and whether it is opaque (a `.wh..wh..opq`
+    /// among them or an opaque xattr); the open directory is returned for `stat`s.
+    fn read_scan(&self, rel: &Path) -> io::Result<(Scan, Dir)> {
+        let mut dir = Dir::new(self.open_dir(rel)?)?;
+        let mut names = Vec::new();
+        let mut marker = false;
+        while let Some(de) = dir.read() {
+            let de = de?;
+            let name = de.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if name == OPAQUE_MARKER.as_bytes() {
+                marker = true;
+                continue;
+            }
+            names.push(OsStr::from_bytes(name).to_owned());
+        }
+        let opaque = marker || has_opaque_xattr(dir.fd()?);
+        Ok((Scan { names, opaque }, dir))
     }
 
     /// The node of `rel` with its `stat`: hard links (nlink > 1, not dirs) share one node.
@@ -277,44 +366,47 @@ impl DirTree {
             return Ok(d.clone());
         }
         let rel = self.rel(dir)?;
-        let abs = self.root.join(&rel);
-        let dirfd = rustix::fs::open(
-            &abs,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
+        let cached = self.nodes.write().scans.remove(&dir);
+        let opened: OwnedFd;
+        let read: (Scan, Dir);
+        let (scan, dirfd): (&Scan, BorrowedFd<'_>) = match &cached {
+            Some(scan) => {
+                opened = rustix::fs::openat(
+                    &self.fd,
+                    at(&rel),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                (scan, opened.as_fd())
+            }
+            None => {
+                read = self.read_scan(&rel)?;
+                (&read.0, read.1.fd()?)
+            }
+        };
         let mut real: HashMap<OsString, DirEntry> = HashMap::new();
         let mut whiteouts: Vec<DirEntry> = Vec::new();
-        let mut opaque = false;
-        for de in std::fs::read_dir(&abs)? {
-            let de = de?;
-            let name = de.file_name();
-            if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
-                opaque = true;
-                continue;
-            }
-            if let Some(target) = whiteout_target(&name) {
+        for name in &scan.names {
+            if let Some(target) = whiteout_target(name) {
                 whiteouts.push(self.whiteout(&rel, target));
                 continue;
             }
-            let st = match rustix::fs::statat(&dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            let st = match rustix::fs::statat(dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(e.into()),
             };
             let attr = lower_attr(&st);
             let entry = if attr.kind == EntryKind::Whiteout {
-                self.whiteout(&rel, &name)
+                self.whiteout(&rel, name)
             } else {
                 DirEntry {
                     name: name.clone(),
-                    node: self.intern_stat(rel.join(&name), &st),
+                    node: self.intern_stat(rel.join(name), &st),
                     kind: attr.kind,
                 }
             };
-            real.insert(name, entry);
+            real.insert(name.clone(), entry);
         }
         for w in whiteouts {
             // A layer's own entry wins over its own whiteout of the same name.
@@ -322,7 +414,7 @@ impl DirTree {
         }
         let mut entries: Vec<DirEntry> = real.into_values().collect();
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        let opaque = opaque || self.is_opaque(dir, &abs);
+        let opaque = scan.opaque;
         let by_name = entries
             .iter()
             .enumerate()
@@ -332,7 +424,19 @@ impl DirTree {
             listing: DirListing { entries, opaque },
             by_name,
         });
-        Ok(self.nodes.write().dirs.entry(dir).or_insert(d).clone())
+        let mut n = self.nodes.write();
+        n.opaque.insert(dir, opaque);
+        Ok(n.dirs.entry(dir).or_insert(d).clone())
+    }
+
+    fn open_file(&self, node: NodeId) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            at(&self.rel(node)?),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
     }
 
     /// A whiteout entry for `name` in the directory `rel` (its node is the whiteout itself).
@@ -376,33 +480,30 @@ impl LowerTree for DirTree {
         let mut attr = match cached {
             Some(a) => a,
             None => {
-                let abs = self.abs(node)?;
-                let st = rustix::fs::statat(CWD, &abs, AtFlags::SYMLINK_NOFOLLOW)?;
+                let st =
+                    rustix::fs::statat(&self.fd, at(&self.rel(node)?), AtFlags::SYMLINK_NOFOLLOW)?;
                 let a = lower_attr(&st);
                 self.nodes.write().attrs.insert(node, a.clone());
                 a
             }
         };
         if attr.kind == EntryKind::Dir {
-            let known = self.nodes.read().opaque.get(&node).copied();
-            attr.opaque = match known {
-                Some(o) => o,
-                None => self.is_opaque(node, &self.abs(node)?),
-            };
+            attr.opaque = self.is_opaque(node)?;
         }
         Ok(attr)
     }
 
     fn readlink(&self, node: NodeId) -> io::Result<OsString> {
-        Ok(std::fs::read_link(self.abs(node)?)?.into_os_string())
+        let target = rustix::fs::readlinkat(&self.fd, at(&self.rel(node)?), Vec::new())?;
+        Ok(OsString::from_vec(target.into_bytes()))
     }
 
     fn open(&self, node: NodeId) -> io::Result<Option<File>> {
-        File::open(self.abs(node)?).map(Some)
+        Ok(Some(self.open_file(node)?))
     }
 
     fn read_at(&self, node: NodeId, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        File::open(self.abs(node)?)?.read_at(buf, offset)
+        self.open_file(node)?.read_at(buf, offset)
     }
 
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -454,6 +555,52 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn opacity_asked_before_the_listing_comes_from_names_and_xattrs() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["marker", "xattr", "plain", "xattr_n"] {
+            std::fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("marker/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(d.path().join("marker/kept"), b"").unwrap();
+        let set = |dir: &str, v: &[u8]| {
+            rustix::fs::setxattr(
+                d.path().join(dir).as_path(),
+                "user.overlay.opaque",
+                v,
+                rustix::fs::XattrFlags::empty(),
+            )
+        };
+        if set("xattr", b"y").is_err() {
+            eprintln!("skipped: no user xattrs on {}", d.path().display());
+            return;
+        }
+        set("xattr_n", b"n").unwrap();
+        let t = DirTree::open(d.path()).unwrap();
+        let node = |n: &str| t.lookup(t.root(), OsStr::new(n)).unwrap().unwrap().node;
+        // getattr first (a lookup through the directory), then the listing, which must reuse
+        // what the first read found.
+        for (name, opaque) in [
+            ("marker", true),
+            ("xattr", true),
+            ("plain", false),
+            ("xattr_n", false),
+        ] {
+            assert_eq!(t.getattr(node(name)).unwrap().opaque, opaque, "{name}");
+            let l = t.read_dir(node(name)).unwrap();
+            assert_eq!(l.opaque, opaque, "{name}");
+            assert_eq!(t.getattr(node(name)).unwrap().opaque, opaque, "{name}");
+        }
+        let names: Vec<_> = t
+            .read_dir(node("marker"))
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec![OsString::from("kept")]);
     }
 
     #[test]
