@@ -95,7 +95,7 @@ pub struct OverlayOptions {
     pub foreground: bool,
     /// `-d` / `debug`.
     pub debug: bool,
-    /// `volatile` or `fsync=0`: no fsync of copied-up files.
+    /// `volatile` or `fsync=0`: `fsync` returns at once.
     pub no_fsync: bool,
     /// `ro`.
     pub read_only: bool,
@@ -304,7 +304,10 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     };
     let mut options = crate::union::cli_mount_options("fuse-overlayfs");
     options.allow_other = o.allow_other;
-    options.fsync_copy_up = !o.no_fsync;
+    // fuse-overlayfs's durability: copy-ups are not fsynced (kernel overlayfs and `strata
+    // container mount` do fsync them), and `fsync=0`/`volatile` makes `fsync` a no-op.
+    options.fsync_copy_up = false;
+    options.ignore_fsync = o.no_fsync;
     options.redirect_dir = !o.redirect_dir_off;
     options.id_map = o.id_map;
     crate::union::serve_foreground(

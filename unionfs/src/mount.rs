@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// fsync copied-up files before renaming them into place.
     pub fsync_copy_up: bool,
+    /// Answer `fsync` without syncing (fuse-overlayfs's `fsync=0`, overlayfs's `volatile`).
+    pub ignore_fsync: bool,
     /// Allow renaming directories that have lower content (`redirect_dir=off` clears it).
     pub redirect_dir: bool,
     /// The `fsname` shown in `/proc/mounts`.
@@ -74,6 +76,7 @@ impl Default for MountOptions {
             writeback_cache: false,
             allow_other: rustix::process::geteuid().is_root(),
             fsync_copy_up: true,
+            ignore_fsync: false,
             redirect_dir: true,
             fs_name: "strata".into(),
             id_map: IdMap::default(),
