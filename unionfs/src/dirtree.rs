@@ -71,16 +71,25 @@ pub(crate) fn kind_of(md: &std::fs::Metadata) -> EntryKind {
     }
 }
 
-/// Interned nodes: relative path per id, id per path and per hard-linked (dev, ino).
-#[derive(Debug, Default)]
+/// One node: its name in its parent (the path is rebuilt from the chain when a call needs
+/// it) and its `stat`, once read. No path per node and no map by path: a walk of 100k
+/// entries took 105 MB of daemon memory with them.
+#[derive(Debug)]
+struct Node {
+    parent: NodeId,
+    name: Box<OsStr>,
+    /// `stat` result (without `opaque`), read once.
+    attr: Option<LowerAttr>,
+}
+
+/// The nodes handed out, indexed by id (a directory's entries are made once, when it is read
+/// whole), and by hard-linked (dev, ino).
+#[derive(Debug)]
 struct Interner {
-    paths: Vec<PathBuf>,
-    by_path: HashMap<PathBuf, NodeId>,
+    nodes: Vec<Node>,
     by_inode: HashMap<(u64, u64), NodeId>,
     /// Opacity of directories, read once (the tree never changes while mounted).
     opaque: HashMap<NodeId, bool>,
-    /// `stat` results (without `opaque`), read once.
-    attrs: HashMap<NodeId, LowerAttr>,
     /// Directories read whole (entries and attributes), on first use.
     dirs: HashMap<NodeId, Arc<DirIndex>>,
     /// Names of directories whose opacity was asked before they were read whole (a lookup
@@ -134,8 +143,8 @@ fn has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
 /// One directory of the tree, read once: lookups and listings are answered from memory.
 #[derive(Debug)]
 struct DirIndex {
+    /// Sorted by name: lookups search it (a map by name would be a second copy of each name).
     listing: DirListing,
-    by_name: HashMap<OsString, usize>,
 }
 
 fn lower_attr(st: &rustix::fs::Stat) -> LowerAttr {
@@ -220,9 +229,17 @@ impl DirTree {
         } else {
             root.clone()
         };
-        let mut i = Interner::default();
-        i.paths.push(PathBuf::new());
-        i.by_path.insert(PathBuf::new(), NodeId(0));
+        let i = Interner {
+            nodes: vec![Node {
+                parent: NodeId(0),
+                name: OsStr::new("").into(),
+                attr: None,
+            }],
+            by_inode: HashMap::new(),
+            opaque: HashMap::new(),
+            dirs: HashMap::new(),
+            scans: HashMap::new(),
+        };
         Ok(DirTree {
             root: access,
             named: root,
@@ -237,55 +254,31 @@ impl DirTree {
         &self.named
     }
 
+    /// The path of `node` relative to the root, from its chain of parents.
     fn rel(&self, node: NodeId) -> io::Result<PathBuf> {
-        self.nodes
-            .read()
-            .paths
-            .get(node.0 as usize)
-            .cloned()
-            .ok_or_else(|| bad_node(node))
+        let n = self.nodes.read();
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut at = node;
+        while at != NodeId(0) {
+            let rec = n.nodes.get(at.0 as usize).ok_or_else(|| bad_node(node))?;
+            names.push(&rec.name);
+            at = rec.parent;
+        }
+        Ok(names.iter().rev().collect())
     }
 
     fn abs(&self, node: NodeId) -> io::Result<PathBuf> {
         Ok(self.root.join(self.rel(node)?))
     }
 
-    /// The node of `rel`. With metadata of a multiply-linked non-directory, hard links share
-    /// one node; without (a listing, which does not stat), the path decides until a lookup
-    /// supplies the inode.
-    fn intern(&self, rel: PathBuf, md: Option<&std::fs::Metadata>) -> NodeId {
-        let key = md.and_then(|md| (!md.is_dir() && md.nlink() > 1).then(|| (md.dev(), md.ino())));
-        {
-            let n = self.nodes.read();
-            match key {
-                Some(k) => {
-                    if let Some(id) = n.by_inode.get(&k) {
-                        return *id;
-                    }
-                }
-                None => {
-                    if let Some(id) = n.by_path.get(&rel) {
-                        return *id;
-                    }
-                }
-            }
-        }
-        let mut n = self.nodes.write();
-        if let Some(id) = key.and_then(|k| n.by_inode.get(&k)) {
-            return *id;
-        }
-        if let Some(&id) = n.by_path.get(&rel) {
-            if let Some(k) = key {
-                n.by_inode.insert(k, id);
-            }
-            return id;
-        }
-        let id = NodeId(n.paths.len() as u64);
-        n.paths.push(rel.clone());
-        n.by_path.insert(rel, id);
-        if let Some(k) = key {
-            n.by_inode.insert(k, id);
-        }
+    /// A new node `name` in `parent`, with its `stat` when known.
+    fn push(n: &mut Interner, parent: NodeId, name: &OsStr, attr: Option<LowerAttr>) -> NodeId {
+        let id = NodeId(n.nodes.len() as u64);
+        n.nodes.push(Node {
+            parent,
+            name: name.into(),
+            attr,
+        });
         id
     }
 
@@ -336,27 +329,19 @@ impl DirTree {
         Ok((Scan { names, opaque }, dir))
     }
 
-    /// The node of `rel` with its `stat`: hard links (nlink > 1, not dirs) share one node.
-    fn intern_stat(&self, rel: PathBuf, st: &rustix::fs::Stat) -> NodeId {
+    /// The node of `name` in `dir` with its `stat`: hard links (nlink > 1, not dirs) share
+    /// one node, reached by the first name seen.
+    fn intern_stat(&self, dir: NodeId, name: &OsStr, st: &rustix::fs::Stat) -> NodeId {
         let key = (st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1)
             .then_some((st.st_dev, st.st_ino));
         let mut n = self.nodes.write();
         if let Some(id) = key.and_then(|k| n.by_inode.get(&k)) {
             return *id;
         }
-        let id = match n.by_path.get(&rel) {
-            Some(&id) => id,
-            None => {
-                let id = NodeId(n.paths.len() as u64);
-                n.paths.push(rel.clone());
-                n.by_path.insert(rel, id);
-                id
-            }
-        };
+        let id = Self::push(&mut n, dir, name, Some(lower_attr(st)));
         if let Some(k) = key {
             n.by_inode.insert(k, id);
         }
-        n.attrs.entry(id).or_insert_with(|| lower_attr(st));
         id
     }
 
@@ -388,7 +373,7 @@ impl DirTree {
         let mut whiteouts: Vec<DirEntry> = Vec::new();
         for name in &scan.names {
             if let Some(target) = whiteout_target(name) {
-                whiteouts.push(self.whiteout(&rel, target));
+                whiteouts.push(self.whiteout(dir, target));
                 continue;
             }
             let st = match rustix::fs::statat(dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -398,11 +383,11 @@ impl DirTree {
             };
             let attr = lower_attr(&st);
             let entry = if attr.kind == EntryKind::Whiteout {
-                self.whiteout(&rel, name)
+                self.whiteout(dir, name)
             } else {
                 DirEntry {
                     name: name.clone(),
-                    node: self.intern_stat(rel.join(name), &st),
+                    node: self.intern_stat(dir, name, &st),
                     kind: attr.kind,
                 }
             };
@@ -415,14 +400,8 @@ impl DirTree {
         let mut entries: Vec<DirEntry> = real.into_values().collect();
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let opaque = scan.opaque;
-        let by_name = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
         let d = Arc::new(DirIndex {
             listing: DirListing { entries, opaque },
-            by_name,
         });
         let mut n = self.nodes.write();
         n.opaque.insert(dir, opaque);
@@ -439,11 +418,11 @@ impl DirTree {
         Ok(File::from(fd))
     }
 
-    /// A whiteout entry for `name` in the directory `rel` (its node is the whiteout itself).
-    fn whiteout(&self, rel: &Path, name: &OsStr) -> DirEntry {
+    /// A whiteout entry for `name` in `dir` (its node is the whiteout itself).
+    fn whiteout(&self, dir: NodeId, name: &OsStr) -> DirEntry {
         DirEntry {
             name: name.to_owned(),
-            node: self.intern(rel.join(name), None),
+            node: Self::push(&mut self.nodes.write(), dir, name, None),
             kind: EntryKind::Whiteout,
         }
     }
@@ -468,7 +447,12 @@ impl LowerTree for DirTree {
             return Ok(None); // the spelling of a marker, never a name
         }
         let d = self.index(parent)?;
-        Ok(d.by_name.get(name).map(|&i| d.listing.entries[i].clone()))
+        let e = &d.listing.entries;
+        Ok(
+            e.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
+                .ok()
+                .map(|i| e[i].clone()),
+        )
     }
 
     fn read_dir(&self, dir: NodeId) -> io::Result<DirListing> {
@@ -476,14 +460,23 @@ impl LowerTree for DirTree {
     }
 
     fn getattr(&self, node: NodeId) -> io::Result<LowerAttr> {
-        let cached = self.nodes.read().attrs.get(&node).cloned();
+        let cached = self
+            .nodes
+            .read()
+            .nodes
+            .get(node.0 as usize)
+            .ok_or_else(|| bad_node(node))?
+            .attr
+            .clone();
         let mut attr = match cached {
             Some(a) => a,
             None => {
                 let st =
                     rustix::fs::statat(&self.fd, at(&self.rel(node)?), AtFlags::SYMLINK_NOFOLLOW)?;
                 let a = lower_attr(&st);
-                self.nodes.write().attrs.insert(node, a.clone());
+                if let Some(rec) = self.nodes.write().nodes.get_mut(node.0 as usize) {
+                    rec.attr = Some(a.clone());
+                }
                 a
             }
         };

@@ -187,6 +187,8 @@ struct Snapshot {
     /// `ns_gen` when it was taken.
     generation: u64,
     items: Arc<[DirItem]>,
+    /// Its directory was served purely from the lowers (it cannot change).
+    lower_only: bool,
 }
 
 /// The kept listings of a directory.
@@ -758,7 +760,7 @@ impl UnionFs {
     /// # Errors
     /// `NotDir`, or I/O errors while listing.
     pub fn opendir(&self, ino: Ino) -> Result<Fh> {
-        let (_, items) = self.listing(ino, None)?;
+        let (_, items, _) = self.listing(ino, None)?;
         Ok(self.add_handle(ino, HandleData::Dir(items)))
     }
 
@@ -788,10 +790,28 @@ impl UnionFs {
                 usize::try_from(offset & 0xffff_ffff).unwrap_or(usize::MAX),
             )
         };
-        let (id, items) = self.listing(ino, want)?;
+        let (id, items, lower_only) = self.listing(ino, want)?;
         for (i, item) in items.iter().enumerate().skip(start) {
             if !f((id << 32) | (i as u64 + 1), item) {
-                break;
+                return Ok(());
+            }
+        }
+        // Once the kernel has read to the end (the call past the last item), the listing of a
+        // directory served purely from the lowers is not kept: the kernel caches it, and
+        // should it ask again from an offset, the same listing (sorted, same inode numbers) is
+        // taken anew. 100k entries kept 9 MB of names.
+        if lower_only && start >= items.len() {
+            let mut all = self.listings.lock();
+            if let Some(l) = all.get_mut(&ino) {
+                if l.previous.as_ref().is_some_and(|s| s.id == id) {
+                    l.previous = None;
+                }
+                if l.current.as_ref().is_some_and(|s| s.id == id) {
+                    l.current = l.previous.take();
+                }
+                if l.current.is_none() {
+                    all.remove(&ino);
+                }
             }
         }
         Ok(())
@@ -799,7 +819,7 @@ impl UnionFs {
 
     /// The listing `want` of a directory if it is still kept, else the current one (taken
     /// anew when it may be stale).
-    fn listing(&self, ino: Ino, want: Option<u64>) -> Result<(u64, Arc<[DirItem]>)> {
+    fn listing(&self, ino: Ino, want: Option<u64>) -> Result<(u64, Arc<[DirItem]>, bool)> {
         if let Some(want) = want
             && let Some(l) = self.listings.lock().get(&ino)
             && let Some(snap) = [&l.current, &l.previous]
@@ -807,7 +827,7 @@ impl UnionFs {
                 .flatten()
                 .find(|s| s.id == want)
         {
-            return Ok((snap.id, snap.items.clone()));
+            return Ok((snap.id, snap.items.clone(), snap.lower_only));
         }
         let s = self.state(ino)?;
         if s.kind != EntryKind::Dir {
@@ -820,9 +840,11 @@ impl UnionFs {
             && let Some(cur) = &l.current
             && (lower_only || cur.generation == gen_before)
         {
-            return Ok((cur.id, cur.items.clone()));
+            return Ok((cur.id, cur.items.clone(), cur.lower_only));
         }
-        let list = self.list_merged(ino)?;
+        let mut list = self.list_merged(ino)?;
+        // In a stable order: a listing taken anew must match the one an offset came from.
+        list.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut items = Vec::with_capacity(list.len() + 2);
         items.push(DirItem {
             ino,
@@ -845,8 +867,9 @@ impl UnionFs {
             id: self.next_listing.fetch_add(1, Ordering::Relaxed) % 0xffff_ffff + 1,
             generation: gen_before,
             items: items.into(),
+            lower_only,
         };
-        let out = (snap.id, snap.items.clone());
+        let out = (snap.id, snap.items.clone(), lower_only);
         let mut all = self.listings.lock();
         let l = all.entry(ino).or_default();
         l.previous = l.current.replace(snap);

@@ -368,3 +368,31 @@ fn handleless_readdir_offsets_survive_changes() {
     assert_eq!(a, b);
     assert!(a.iter().all(|x| x.0 != 0));
 }
+
+#[test]
+fn lower_only_listing_read_to_its_end_is_taken_anew_for_an_old_offset() {
+    let f = fx();
+    let d = f.fs.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+    let read = |offset: u64, max: usize| {
+        let mut out = Vec::new();
+        f.fs.readdir_at(d, offset, |next, item| {
+            out.push((next, item.ino, item.name.to_string_lossy().into_owned()));
+            out.len() < max
+        })
+        .unwrap();
+        out
+    };
+    let first = read(0, 3);
+    let resume = first.last().unwrap().0;
+    let rest = read(resume, usize::MAX);
+    assert!(!rest.is_empty());
+    // The call past the end lets the listing go...
+    assert!(read(rest.last().unwrap().0, usize::MAX).is_empty());
+    // ...and an old offset still goes on with the same names and inode numbers.
+    let again: Vec<_> = read(resume, usize::MAX)
+        .into_iter()
+        .map(|x| (x.1, x.2))
+        .collect();
+    let before: Vec<_> = rest.into_iter().map(|x| (x.1, x.2)).collect();
+    assert_eq!(again, before);
+}
