@@ -29,6 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -136,6 +137,10 @@ enum HandleData {
 struct Handle {
     ino: Ino,
     data: HandleData,
+    /// A lower handle whose file has since been copied up reads the copy, opened on its
+    /// first read after the copy-up, as kernel overlayfs does: `exec 3<f; echo x >> f` and
+    /// the reader on fd 3 then sees the `x`.
+    copied_up: OnceLock<File>,
 }
 
 /// Options of the filesystem layer.
@@ -664,9 +669,14 @@ impl UnionFs {
 
     fn add_handle(&self, ino: Ino, data: HandleData) -> Fh {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .insert(fh, Arc::new(Handle { ino, data }));
+        self.handles.lock().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                data,
+                copied_up: OnceLock::new(),
+            }),
+        );
         Fh(fh)
     }
 
@@ -917,6 +927,11 @@ impl UnionFs {
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
         let mut buf = vec![0u8; size as usize];
+        if let Some(f) = self.copy_of_lower(&h) {
+            let n = read_full(f, &mut buf, offset).map_err(FsError::io("read", "<upper file>"))?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
         let n = match &h.data {
             HandleData::Upper(f) => {
                 read_full(f, &mut buf, offset).map_err(FsError::io("read", "<upper file>"))?
@@ -954,10 +969,13 @@ impl UnionFs {
     /// As `read`.
     pub fn read_cached(&self, fh: Fh, offset: u64, size: u32) -> Result<Option<Vec<u8>>> {
         let h = self.handle(fh)?;
-        let f = match &h.data {
-            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f,
-            HandleData::Lower { file: None, .. } => return self.read(fh, offset, size).map(Some),
-            HandleData::Dir(_) => return Err(FsError::IsDir),
+        let f = match (&h.data, self.copy_of_lower(&h)) {
+            (_, Some(f)) => f,
+            (HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. }, None) => f,
+            (HandleData::Lower { file: None, .. }, None) => {
+                return self.read(fh, offset, size).map(Some);
+            }
+            (HandleData::Dir(_), None) => return Err(FsError::IsDir),
         };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -978,6 +996,28 @@ impl UnionFs {
         }
         buf.truncate(done);
         Ok(Some(buf))
+    }
+
+    /// For a handle opened on a lower file that has been copied up since (with its data): the
+    /// copy, opened once. `None` for other handles, and while the copy is not there.
+    fn copy_of_lower<'h>(&self, h: &'h Handle) -> Option<&'h File> {
+        if !matches!(h.data, HandleData::Lower { .. }) {
+            return None;
+        }
+        if let Some(f) = h.copied_up.get() {
+            return Some(f);
+        }
+        let copied = self
+            .table
+            .read()
+            .get(h.ino)
+            .is_some_and(|n| n.upper && !n.metacopy && !n.unlinked);
+        if !copied {
+            return None;
+        }
+        let p = self.upper.as_ref()?.path(&self.path_of(h.ino).ok()?);
+        let f = File::open(p).ok()?;
+        Some(h.copied_up.get_or_init(|| f))
     }
 
     /// Whether an open handle reads an immutable lower file.

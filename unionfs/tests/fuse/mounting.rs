@@ -283,6 +283,11 @@ fn passthrough_reads_lower_files() {
             drop(r1);
             let d = fs::read(&p).unwrap();
             assert_eq!((d.len(), d[d.len() - 1]), ((4 << 20) + 1, b'!'));
+            // The write went to the copy in the upper, never to the layer. (A writer that
+            // shares a reader's passthrough backing file gets the lower file itself opened for
+            // writing by the kernel: fuse-overlayfs 2.0 appends to the lower layer this way.)
+            assert_eq!(fs::read(s.path("upper/big")).unwrap(), d);
+            assert_eq!(fs::read(s.path("l2/big")).unwrap(), vec![b'b'; 4 << 20]);
         }
         Err(e) => panic!("open for write beside a passthrough reader: {e}"),
     }

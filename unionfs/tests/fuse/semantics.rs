@@ -373,6 +373,21 @@ fn rootless_read_write_truncate_mmap() {
         Ok(st) => panic!("mmap script failed: {st}"),
         Err(_) => eprintln!("skipped: mmap part: no python3"),
     }
+    // A reader opened before a copy-up reads the copy afterwards (as overlayfs since 4.19):
+    // `exec 3<f; echo x >> f; cat <&3`. The layer itself never changes.
+    let r = m.path().join("shadowed");
+    let mut reader = fs::File::open(&r).unwrap();
+    let mut head = [0u8; 4];
+    reader.read_exact(&mut head).unwrap();
+    let mut w = OpenOptions::new().append(true).open(&r).unwrap();
+    w.write_all(b"+x").unwrap();
+    drop(w);
+    let mut seen = Vec::new();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, b"from l1+x");
+    assert_eq!(fs::read(s.path("l1/shadowed")).unwrap(), b"from l1");
+    drop(reader); // an open file keeps the mount busy
     m.unmount().unwrap();
 }
 
