@@ -23,6 +23,9 @@ pub(crate) struct LowerRef {
     pub(crate) node: NodeId,
 }
 
+/// The lower nodes of an inode, top first.
+pub(crate) type LowerRefs = smallvec::SmallVec<[LowerRef; 1]>;
+
 /// What the union knows about one inode. Refreshed on every lookup; changed by the union's own
 /// operations.
 #[derive(Clone, Debug)]
@@ -35,7 +38,8 @@ pub(crate) struct NodeState {
     pub(crate) lookups: u64,
     pub(crate) kind: EntryKind,
     /// Dirs: the lower layers merged into it, top first. Non-dirs: the lower copy, if any.
-    pub(crate) lower: Vec<LowerRef>,
+    /// Inline for one (almost every node): no allocation per inode.
+    pub(crate) lower: LowerRefs,
     /// Where `lower` was resolved when that is not the parent's lower path plus the name: the
     /// path (relative, in the lower layers) of a redirect, a metacopy origin or a renamed entry.
     /// `None` for almost every node, which saves a path per inode.
@@ -62,7 +66,7 @@ impl NodeState {
             aliases: Vec::new(),
             lookups: 0,
             kind,
-            lower: Vec::new(),
+            lower: LowerRefs::new(),
             lower_origin: None,
             upper: false,
             metacopy: false,

@@ -520,7 +520,7 @@ impl UnionFs {
             // A hard-linked inode already copied up keeps its upper state.
             let keep_upper = r.origin.is_some() && n.upper && !r.upper;
             if !keep_upper {
-                n.lower = r.lower;
+                n.lower = r.lower.into_iter().collect();
                 n.lower_origin = r.lower_origin.map(PathBuf::into_boxed_path);
                 n.upper = r.upper;
                 n.metacopy = r.metacopy;
