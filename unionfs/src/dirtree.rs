@@ -143,8 +143,29 @@ fn has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
 /// One directory of the tree, read once: lookups and listings are answered from memory.
 #[derive(Debug)]
 struct DirIndex {
-    /// Sorted by name: lookups search it (a map by name would be a second copy of each name).
-    listing: DirListing,
+    /// Sorted by name: lookups search it. An entry's name is its node's (kept once).
+    entries: Vec<IndexEntry>,
+    opaque: bool,
+}
+
+/// One name of a [`DirIndex`].
+#[derive(Debug)]
+struct IndexEntry {
+    node: NodeId,
+    kind: EntryKind,
+    /// The name when it is not the node's: a hard link whose node was made for another name.
+    alias: Option<Box<OsStr>>,
+}
+
+impl IndexEntry {
+    fn name<'a>(&'a self, nodes: &'a [Node]) -> &'a OsStr {
+        match &self.alias {
+            Some(a) => a,
+            None => nodes
+                .get(self.node.0 as usize)
+                .map_or(OsStr::new(""), |n| &n.name),
+        }
+    }
 }
 
 fn lower_attr(st: &rustix::fs::Stat) -> LowerAttr {
@@ -400,10 +421,22 @@ impl DirTree {
         let mut entries: Vec<DirEntry> = real.into_values().collect();
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let opaque = scan.opaque;
-        let d = Arc::new(DirIndex {
-            listing: DirListing { entries, opaque },
-        });
         let mut n = self.nodes.write();
+        let entries = entries
+            .into_iter()
+            .map(|e| {
+                let own = n
+                    .nodes
+                    .get(e.node.0 as usize)
+                    .is_some_and(|rec| *rec.name == *e.name);
+                IndexEntry {
+                    node: e.node,
+                    kind: e.kind,
+                    alias: (!own).then(|| e.name.into_boxed_os_str()),
+                }
+            })
+            .collect();
+        let d = Arc::new(DirIndex { entries, opaque });
         n.opaque.insert(dir, opaque);
         Ok(n.dirs.entry(dir).or_insert(d).clone())
     }
@@ -447,16 +480,36 @@ impl LowerTree for DirTree {
             return Ok(None); // the spelling of a marker, never a name
         }
         let d = self.index(parent)?;
-        let e = &d.listing.entries;
-        Ok(
-            e.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
-                .ok()
-                .map(|i| e[i].clone()),
-        )
+        let n = self.nodes.read();
+        let found = d
+            .entries
+            .binary_search_by(|e| e.name(&n.nodes).as_bytes().cmp(name.as_bytes()))
+            .ok();
+        Ok(found.map(|i| {
+            let e = &d.entries[i];
+            DirEntry {
+                name: name.to_owned(),
+                node: e.node,
+                kind: e.kind,
+            }
+        }))
     }
 
     fn read_dir(&self, dir: NodeId) -> io::Result<DirListing> {
-        Ok(self.index(dir)?.listing.clone())
+        let d = self.index(dir)?;
+        let n = self.nodes.read();
+        Ok(DirListing {
+            entries: d
+                .entries
+                .iter()
+                .map(|e| DirEntry {
+                    name: e.name(&n.nodes).to_owned(),
+                    node: e.node,
+                    kind: e.kind,
+                })
+                .collect(),
+            opaque: d.opaque,
+        })
     }
 
     fn getattr(&self, node: NodeId) -> io::Result<LowerAttr> {
