@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -160,7 +160,7 @@ impl UnionFs {
         Ok(rel)
     }
 
-    fn data_source(&self, r: LowerRef) -> Result<Option<File>> {
+    pub(super) fn data_source(&self, r: LowerRef) -> Result<Option<File>> {
         self.lowers[r.layer]
             .open(r.node)
             .map_err(FsError::lower(r.layer))
@@ -441,8 +441,13 @@ impl UnionFs {
                 return Ok(self.add_handle(ino, HandleData::Upper(f)));
             }
             let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
-            let file = self.data_source(r)?;
-            return Ok(self.add_handle(ino, HandleData::Lower { lower: r, file }));
+            return Ok(self.add_handle(
+                ino,
+                HandleData::Lower {
+                    lower: r,
+                    file: OnceLock::new(),
+                },
+            ));
         }
         let u = self.upper()?;
         {
@@ -595,8 +600,11 @@ impl UnionFs {
         use rustix::fs::SeekFrom;
         let h = self.handle(fh)?;
         let f = match &h.data {
-            HandleData::Upper(f) | HandleData::Lower { file: Some(f), .. } => f,
-            HandleData::Lower { file: None, .. } => return Err(FsError::Unsupported("lseek")),
+            HandleData::Upper(f) => f,
+            HandleData::Lower { lower, file } => match self.lower_file(*lower, file)? {
+                Some(f) => f,
+                None => return Err(FsError::Unsupported("lseek")),
+            },
             HandleData::Dir(_) => return Err(FsError::IsDir),
         };
         let off = u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset"))?;
