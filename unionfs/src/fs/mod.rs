@@ -207,6 +207,10 @@ struct Snapshot {
 struct Listings {
     current: Option<Snapshot>,
     previous: Option<Snapshot>,
+    /// The id of a lower-only listing let go once read to its end: an offset of it is served
+    /// from the same listing rebuilt from the lowers, which never change, even if the
+    /// directory has changed since.
+    dropped: Option<u64>,
 }
 
 /// The union of lower trees and an optional upper directory.
@@ -715,13 +719,19 @@ impl UnionFs {
     /// The merged listing of a directory: upper entries, then each lower's, top down; names
     /// already seen or whited out are skipped. Sorted by name.
     fn list_merged(&self, ino: Ino) -> Result<Vec<(OsString, EntryKind)>> {
+        self.list_merged_from(ino, true)
+    }
+
+    /// The merged names of a directory, sorted; without `with_upper`, what its lowers alone
+    /// hold (its listing before any change).
+    fn list_merged_from(&self, ino: Ino, with_upper: bool) -> Result<Vec<(OsString, EntryKind)>> {
         let s = self.state(ino)?;
         if s.kind != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
         let mut seen: BTreeMap<OsString, EntryKind> = BTreeMap::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
-        if s.upper {
+        if s.upper && with_upper {
             let p = self.upper()?.path(&self.path_of(ino)?);
             for e in std::fs::read_dir(&p).map_err(FsError::io("read dir", &p))? {
                 let e = e.map_err(FsError::io("read dir", &p))?;
@@ -825,9 +835,7 @@ impl UnionFs {
                 if l.current.as_ref().is_some_and(|s| s.id == id) {
                     l.current = l.previous.take();
                 }
-                if l.current.is_none() {
-                    all.remove(&ino);
-                }
+                l.dropped = Some(id);
             }
         }
         Ok(())
@@ -849,40 +857,39 @@ impl UnionFs {
         if s.kind != EntryKind::Dir {
             return Err(FsError::NotDir);
         }
-        let lower_only = !s.upper;
         // Read before listing: a change that lands during the listing bumps it after.
         let gen_before = self.ns_gen.load(Ordering::Acquire);
+        if let Some(want) = want
+            && self
+                .listings
+                .lock()
+                .get(&ino)
+                .is_some_and(|l| l.dropped == Some(want))
+        {
+            let items = self.numbered_items(ino, s.parent, self.list_merged_from(ino, false)?);
+            let snap = Snapshot {
+                id: want,
+                generation: gen_before,
+                items,
+                lower_only: true,
+            };
+            let out = (snap.id, snap.items.clone(), true);
+            // Kept as the previous listing: a read from offset 0 must not get it.
+            self.listings.lock().entry(ino).or_default().previous = Some(snap);
+            return Ok(out);
+        }
+        let lower_only = !s.upper;
         if let Some(l) = self.listings.lock().get(&ino)
             && let Some(cur) = &l.current
             && (lower_only || cur.generation == gen_before)
         {
             return Ok((cur.id, cur.items.clone(), cur.lower_only));
         }
-        let mut list = self.list_merged(ino)?;
-        // In a stable order: a listing taken anew must match the one an offset came from.
-        list.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut items = Vec::with_capacity(list.len() + 2);
-        items.push(DirItem {
-            ino,
-            kind: EntryKind::Dir,
-            name: ".".into(),
-        });
-        items.push(DirItem {
-            ino: s.parent,
-            kind: EntryKind::Dir,
-            name: "..".into(),
-        });
-        let mut t = self.table.write();
-        for (name, kind) in list {
-            // Number it now; the real state arrives with the lookup.
-            let ino = t.reserve(ino, &name, kind);
-            items.push(DirItem { ino, kind, name });
-        }
-        drop(t);
+        let items = self.numbered_items(ino, s.parent, self.list_merged(ino)?);
         let snap = Snapshot {
             id: self.next_listing.fetch_add(1, Ordering::Relaxed) % 0xffff_ffff + 1,
             generation: gen_before,
-            items: items.into(),
+            items,
             lower_only,
         };
         let out = (snap.id, snap.items.clone(), lower_only);
@@ -890,6 +897,33 @@ impl UnionFs {
         let l = all.entry(ino).or_default();
         l.previous = l.current.replace(snap);
         Ok(out)
+    }
+
+    /// A listing's items: `.`, `..`, then `list` (sorted by name), each numbered now (the real
+    /// state arrives with the lookup).
+    fn numbered_items(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        list: Vec<(OsString, EntryKind)>,
+    ) -> Arc<[DirItem]> {
+        let mut items = Vec::with_capacity(list.len() + 2);
+        items.push(DirItem {
+            ino,
+            kind: EntryKind::Dir,
+            name: ".".into(),
+        });
+        items.push(DirItem {
+            ino: parent,
+            kind: EntryKind::Dir,
+            name: "..".into(),
+        });
+        let mut t = self.table.write();
+        for (name, kind) in list {
+            let ino = t.reserve(ino, &name, kind);
+            items.push(DirItem { ino, kind, name });
+        }
+        items.into()
     }
 
     /// Marks a change of names: listings taken before it may be stale. Called by every

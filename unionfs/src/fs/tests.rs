@@ -388,11 +388,24 @@ fn lower_only_listing_read_to_its_end_is_taken_anew_for_an_old_offset() {
     assert!(!rest.is_empty());
     // The call past the end lets the listing go...
     assert!(read(rest.last().unwrap().0, usize::MAX).is_empty());
-    // ...and an old offset still goes on with the same names and inode numbers.
+    // ...and an old offset still goes on with the same names and inode numbers...
     let again: Vec<_> = read(resume, usize::MAX)
         .into_iter()
         .map(|x| (x.1, x.2))
         .collect();
-    let before: Vec<_> = rest.into_iter().map(|x| (x.1, x.2)).collect();
+    let before: Vec<_> = rest.iter().map(|x| (x.1, x.2.clone())).collect();
     assert_eq!(again, before);
+    // ...also after the directory changed: the old listing comes back from the lowers, so a
+    // name sorted before the resume point does not shift the rest (no name twice or skipped).
+    assert!(read(rest.last().unwrap().0, usize::MAX).is_empty());
+    f.fs.create(d, OsStr::new("0-new"), 0o644, 0, libc::O_WRONLY, caller())
+        .map(|(_, fh)| f.fs.release(fh))
+        .unwrap();
+    let after: Vec<_> = read(resume, usize::MAX)
+        .into_iter()
+        .map(|x| (x.1, x.2))
+        .collect();
+    assert_eq!(after, before);
+    let fresh: Vec<String> = read(0, usize::MAX).into_iter().map(|x| x.2).collect();
+    assert!(fresh.contains(&"0-new".to_owned()));
 }
