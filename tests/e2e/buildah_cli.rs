@@ -59,7 +59,8 @@ fn top_layer(layout: &Path) -> Vec<String> {
 }
 
 /// A working container from the archive (`from_extra`: more `buildah from` options), one
-/// `buildah run` of `script`, a commit to an OCI layout: the run's output and the top layer.
+/// `buildah run` of `script`, a commit and a push to an OCI layout: the run's output and the
+/// top layer.
 fn buildah_steps(
     dir: &Path,
     mount_program: &Path,
@@ -111,9 +112,16 @@ fn buildah_steps(
         "-c",
         script,
     ]);
-    let layout = dir.join("out");
-    b(&["commit", "w", &format!("oci:{}:1", layout.display())]);
+    // Commit into buildah's store, then push to an OCI layout: the push reads the new layer
+    // back through the store (containers/storage's differ over the upper dir).
+    b(&["commit", "w", "localhost/strata-test-out:1"]);
     b(&["rm", "w"]);
+    let layout = dir.join("out");
+    b(&[
+        "push",
+        "localhost/strata-test-out:1",
+        &format!("oci:{}:1", layout.display()),
+    ]);
     (out, top_layer(&layout))
 }
 
