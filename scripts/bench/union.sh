@@ -53,6 +53,9 @@ if "$STRATA" --root "$STORE" inspect unionbench:layers >/dev/null 2>&1; then
     targets+=(custom:strata-store)
     export MOUNT_CMD_strata_store="$STRATA --root $STORE mount unionbench:layers --upper {UPPER} --work {WORK} {MNT} --foreground"
     export UMOUNT_CMD_strata_store="fusermount3 -u {MNT}"
+    # strata-store reads the store's objects, not the layer dirs: warm those (all of them, for
+    # the data workloads) where the bench warms the layer files, so it starts as the others.
+    export WARM_CMD_strata_store='if [ "$1" = data ]; then find '"$STORE"'/objects -type f -print0 | xargs -0r cat; fi >/dev/null 2>&1; cat '"$STORE"'/store.db >/dev/null 2>&1; true'
 fi
 if [[ -x $FOR_RS ]]; then
     targets+=(custom:fuse-overlayfs-rs)
