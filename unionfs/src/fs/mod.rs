@@ -1057,6 +1057,8 @@ impl UnionFs {
     /// For a handle opened on a lower file that has been copied up since (with its data): the
     /// copy, opened once. `None` for other handles, and while the copy is not there.
     fn copy_of_lower<'h>(&self, h: &'h Handle) -> Option<&'h File> {
+        // Nothing to look up for upper handles and in read-only unions (no copy-up there).
+        let upper = self.upper.as_ref()?;
         if !matches!(h.data, HandleData::Lower { .. }) {
             return None;
         }
@@ -1071,7 +1073,7 @@ impl UnionFs {
         if !copied {
             return None;
         }
-        let p = self.upper.as_ref()?.path(&self.path_of(h.ino).ok()?);
+        let p = upper.path(&self.path_of(h.ino).ok()?);
         let f = File::open(p).ok()?;
         Some(h.copied_up.get_or_init(|| f))
     }
