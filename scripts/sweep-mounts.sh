@@ -5,7 +5,8 @@
 #
 # It touches only mounts whose mountpoint contains "strata-test-" (the prefix every test's temp dir has,
 # STYLE.md section 6):
-#   - FUSE mounts (fuse, fuse.*, fuseblk): `fusermount3 -u`, then `fusermount3 -u -z`, then, as root,
+#   - FUSE mounts (fuse, fuse.* -- strata's are fuse.strata and fuse.strata-overlayfs, fuse-overlayfs's
+#     fuse.fuse-overlayfs --, fuseblk): `fusermount3 -u`, then `fusermount3 -u -z`, then, as root,
 #     `umount -l`; the first that works wins.
 #   - kernel overlay mounts (the differential tests' oracle): `umount -l`, as root.
 # Exit status: 0 when no such mount remains, 1 otherwise. Each unmount is reported on stderr.

@@ -17,6 +17,9 @@ use anyhow::{Context, Result, bail};
 use unionfs::idmap::parse_ranges;
 use unionfs::{DirTree, IdMap, LowerTree, UnionConfig, UpperDirs};
 
+/// The drop-in's mount type in `/proc/mounts` is `fuse.` and this.
+pub const DROPIN_SUBTYPE: &str = "strata-overlayfs";
+
 /// Options a drop-in must accept (fuse-overlayfs 1.x and 2.0); those strata acts on are parsed
 /// below, the rest are accepted silently.
 const ACCEPTED: &[&str] = &[
@@ -302,7 +305,12 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
         }),
         _ => None,
     };
+    // Source `fuse-overlayfs` as fuse-overlayfs shows it, type `fuse.strata-overlayfs` so the
+    // drop-in's mounts can be told apart from fuse-overlayfs's (`fuse.fuse-overlayfs`).
+    // containers/storage checks neither: it finds its mounts by statfs's FUSE magic and the
+    // mountpoint, and unmounts with `fusermount3 -u`.
     let mut options = crate::union::cli_mount_options("fuse-overlayfs");
+    options.subtype = Some(DROPIN_SUBTYPE.into());
     options.allow_other = o.allow_other;
     // fuse-overlayfs's durability: copy-ups are not fsynced (kernel overlayfs and `strata
     // container mount` do fsync them), and `fsync=0`/`volatile` makes `fsync` a no-op.

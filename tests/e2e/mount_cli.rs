@@ -49,6 +49,7 @@ fn rootless_mount_image_merges_layers() {
     two_layer_image(&env);
     let mnt = env.path("mnt");
     let m = StrataMount::start(&env, &["mount", "layered:1"], &mnt);
+    assert_mount_type(&mnt, "fuse.strata", "strata");
     assert_eq!(fs::read(mnt.join("etc/a")).unwrap(), b"top a");
     assert!(!mnt.join("etc/b").exists(), "whiteout hides etc/b");
     assert_eq!(fs::read(mnt.join("etc/c")).unwrap(), b"top c");
@@ -135,6 +136,7 @@ fn rootless_container_changes_persist_across_mounts() {
     let mnt = env.path("mnt");
     {
         let m = StrataMount::start(&env, &["container", "mount", "box"], &mnt);
+        assert_mount_type(&mnt, "fuse.strata", "strata");
         fs::write(mnt.join("etc/new"), b"new").unwrap();
         fs::write(mnt.join("etc/a"), b"changed").unwrap();
         fs::remove_file(mnt.join("keep/k")).unwrap();
@@ -196,6 +198,7 @@ fn rootless_background_mount_exits_once_live() {
     let _g = Guard(mnt.clone());
     env.ok(&["mount", "r", mnt.to_str().unwrap()]);
     assert!(is_mounted(&mnt), "mounted when the command returns");
+    assert_mount_type(&mnt, "fuse.strata", "strata");
     assert!(
         fs::read_to_string(mnt.join("etc/os-release"))
             .unwrap()
@@ -240,6 +243,7 @@ fn rootless_mount_plain_directories_with_whiteouts() {
         ],
         &mnt,
     );
+    assert_mount_type(&mnt, "fuse.strata", "strata");
     assert!(!mnt.join("gone").exists());
     fs::write(mnt.join("a"), b"changed").unwrap();
     m.umount_with_cli(&env);

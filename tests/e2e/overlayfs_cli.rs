@@ -179,6 +179,9 @@ fn rootless_dropin_merges_overlay_format_lowers_and_daemonises() {
     let mnt = env.path("mnt");
     let _g = Guard(mnt.clone());
     mount_dropin(&l1, &l2, &up, &work, &mnt);
+    // fuse-overlayfs's source, so tools looking for it by name still find it, and a type of its
+    // own: fuse-overlayfs itself shows `fuse.fuse-overlayfs` (see dropin_maps_ids_as_fuse_overlayfs).
+    assert_mount_type(&mnt, "fuse.strata-overlayfs", "fuse-overlayfs");
     let t = tree(&mnt);
     let expect: BTreeMap<String, String> = [
         ("a", "lower a"),
@@ -383,6 +386,13 @@ fn idmap_views(program: &Path, extra: &str) -> Views {
         work.display()
     );
     run_mount(program, &opts, &mnt);
+    // Both show source `fuse-overlayfs`; the types tell them apart.
+    let fstype = if program == dropin() {
+        "fuse.strata-overlayfs"
+    } else {
+        "fuse.fuse-overlayfs"
+    };
+    assert_mount_type(&mnt, fstype, "fuse-overlayfs");
     let before = owners(&mnt);
     // As host root: a new file and dir, a chown of a lower file (copy-up), a symlink.
     fs::write(mnt.join("etc/new"), b"n").unwrap();

@@ -70,6 +70,15 @@ fn rootless_run_output_exit_code_and_config_defaults() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The container's root is the union, of type fuse.strata.
+    let o = env.ok(&["run", "--rm", "bb", "cat", "/proc/self/mountinfo"]);
+    let root: Vec<_> = o
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .filter(|(left, _)| left.split(' ').nth(4) == Some("/"))
+        .map(|(_, right)| right.split(' ').take(2).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(root.last(), Some(&vec!["fuse.strata", "strata"]), "{o}");
     assert_eq!(
         env.json(&["ps"]).as_array().unwrap().len(),
         0,

@@ -58,8 +58,11 @@ pub struct MountOptions {
     pub ignore_fsync: bool,
     /// Allow renaming directories that have lower content (`redirect_dir=off` clears it).
     pub redirect_dir: bool,
-    /// The `fsname` shown in `/proc/mounts`.
+    /// The `fsname` shown in `/proc/mounts` (the mount's source).
     pub fs_name: String,
+    /// The subtype: the mount's type shows as `fuse.SUBTYPE` in `/proc/mounts`, `df -T` and
+    /// `findmnt` (`None`: plain `fuse`). ASCII letters, digits and `-_.+` only.
+    pub subtype: Option<String>,
     /// uid/gid shifting between the ids on disk and the ids shown (fuse-overlayfs's
     /// `uidmapping=`, `gidmapping=`, `squash_*`); the default maps nothing.
     pub id_map: IdMap,
@@ -79,6 +82,7 @@ impl Default for MountOptions {
             ignore_fsync: false,
             redirect_dir: true,
             fs_name: "strata".into(),
+            subtype: Some("strata".into()),
             id_map: IdMap::default(),
         }
     }
@@ -236,7 +240,32 @@ fn check_dev_fuse() -> Result<()> {
         .map_err(FsError::FuseUnavailable)
 }
 
+/// The mount option that sets the subtype on both of fuser's mount paths. fuser 0.18 treats
+/// `MountOption::Subtype` as an option for fusermount3 only: as root it calls mount(2) with type
+/// `fuse` and passes just its "kernel options" as data, so the subtype was lost and the mount
+/// showed as plain `fuse`. A custom `subtype=` option goes into that data, where the kernel's
+/// fuse takes it as its `subtype` parameter (the one a type `fuse.SUBTYPE` sets), and also onto
+/// fusermount3's `-o`, which mounts type `fuse.SUBTYPE` itself.
+fn subtype_option(subtype: &str) -> Result<MountOption> {
+    let valid = !subtype.is_empty()
+        && subtype
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+    if !valid {
+        return Err(FsError::Config(format!(
+            "mount subtype {subtype:?}: use ASCII letters, digits and -_.+ only"
+        )));
+    }
+    Ok(MountOption::CUSTOM(format!("subtype={subtype}")))
+}
+
 fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Config)> {
+    let subtype = config
+        .options
+        .subtype
+        .as_deref()
+        .map(subtype_option)
+        .transpose()?;
     check_dev_fuse()?;
     let md = mountpoint
         .metadata()
@@ -260,10 +289,10 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
     )?;
     let mut opts = vec![
         MountOption::FSName(config.options.fs_name.clone()),
-        MountOption::Subtype("strata".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
+    opts.extend(subtype);
     if read_only {
         opts.push(MountOption::RO);
     }

@@ -272,6 +272,31 @@ pub fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap()))
 }
 
+/// `(fstype, source)` of the mount at `p`, from /proc/self/mountinfo (the fields after ` - `):
+/// `("fuse.strata", "strata")` for `strata mount`.
+pub fn mount_type(p: &Path) -> Option<(String, String)> {
+    let canon = p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if left.split(' ').nth(4)? != canon.to_str()? {
+            return None;
+        }
+        let mut r = right.split(' ');
+        Some((r.next()?.to_owned(), r.next()?.to_owned()))
+    })
+}
+
+/// Asserts the mount at `p` has type `fstype` and source `source`.
+pub fn assert_mount_type(p: &Path, fstype: &str, source: &str) {
+    assert_eq!(
+        mount_type(p),
+        Some((fstype.to_owned(), source.to_owned())),
+        "type and source of the mount at {}",
+        p.display()
+    );
+}
+
 impl Drop for StrataMount {
     fn drop(&mut self) {
         if is_mounted(&self.mnt) {

@@ -235,9 +235,84 @@ fn rootless_bad_mount_input() {
         matches!(e, FsError::Io { .. } | FsError::FuseUnavailable(_)),
         "{e}"
     );
+    // a subtype that would break the mount options (or is empty) is refused before mounting
+    for bad in ["a,b", "", "x y", "a=b"] {
+        let mut c = cfg();
+        c.options.subtype = Some(bad.into());
+        let e = unionfs::spawn(c, &s.dir("mp")).unwrap_err();
+        assert!(matches!(e, FsError::Config(_)), "{bad:?}: {e}");
+        assert!(e.to_string().contains("subtype"), "{e}");
+    }
     // the message for an unusable /dev/fuse tells what to do
     let msg = FsError::FuseUnavailable(std::io::Error::from_raw_os_error(libc::EACCES)).to_string();
     assert!(msg.contains("chmod 0666 /dev/fuse or run as root"), "{msg}");
+}
+
+/// `(fstype, source)` of the mount at `p`, from /proc/self/mountinfo (fields after ` - `).
+fn mount_type(p: &std::path::Path) -> Option<(String, String)> {
+    let p = p.canonicalize().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if left.split(' ').nth(4)? != p.to_str()? {
+            return None;
+        }
+        let mut r = right.split(' ');
+        Some((r.next()?.to_owned(), r.next()?.to_owned()))
+    })
+}
+
+/// The mount type is `fuse.SUBTYPE` on both of fuser's paths: mount(2) as root, fusermount3
+/// rootless (this test runs again as an unprivileged user).
+#[test]
+fn rootless_mount_type_shows_the_subtype() {
+    if !fuse_available("rootless_mount_type_shows_the_subtype") {
+        return;
+    }
+    let s = Scratch::new();
+    standard_layers(&s);
+    let mount = |options: MountOptions, writable: bool| {
+        MountedUnion::mount(UnionConfig {
+            lowers: lowers(&s, &["l1", "l2"]),
+            upper: writable.then(|| UpperDirs {
+                upper: s.path("upper"),
+                work: s.path("work"),
+            }),
+            options,
+        })
+        .unwrap()
+    };
+    let pair = |t: &str, src: &str| Some((t.to_owned(), src.to_owned()));
+    // the default: `strata mount`, `strata container mount`, `strata run`
+    let m = mount(MountOptions::uncached(), false);
+    assert_eq!(mount_type(m.path()), pair("fuse.strata", "strata"));
+    assert_eq!(fs::read(m.path().join("shadowed")).unwrap(), b"from l1");
+    m.unmount().unwrap();
+    // the fuse-overlayfs drop-in's: fuse-overlayfs's source, its own subtype
+    let m = mount(
+        MountOptions {
+            fs_name: "fuse-overlayfs".into(),
+            subtype: Some("strata-overlayfs".into()),
+            ..MountOptions::uncached()
+        },
+        true,
+    );
+    assert_eq!(
+        mount_type(m.path()),
+        pair("fuse.strata-overlayfs", "fuse-overlayfs")
+    );
+    fs::write(m.path().join("new"), b"x").unwrap();
+    m.unmount().unwrap();
+    // no subtype: plain `fuse`
+    let m = mount(
+        MountOptions {
+            subtype: None,
+            ..MountOptions::uncached()
+        },
+        false,
+    );
+    assert_eq!(mount_type(m.path()), pair("fuse", "strata"));
+    m.unmount().unwrap();
 }
 
 #[test]
