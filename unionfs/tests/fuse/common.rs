@@ -1,5 +1,6 @@
 //! Fixtures shared by the mounted tests.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,4 +154,228 @@ pub fn ls(p: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Mounts strata over dirs of `s` (`lowers` top first) with `upper_work` = (upper, work) dirs of
+/// `s` (created if missing), or read-only when `None`.
+pub fn mount_layers(s: &Scratch, names: &[&str], upper_work: Option<(&str, &str)>) -> MountedUnion {
+    let upper = upper_work.map(|(u, w)| UpperDirs {
+        upper: s.dir(u),
+        work: s.dir(w),
+    });
+    MountedUnion::mount(UnionConfig {
+        lowers: lowers(s, names),
+        upper,
+        options: test_options(),
+    })
+    .unwrap()
+}
+
+/// The mtime that [`set_old_mtimes`] gives fixture entries. [`tree_view`] shows a non-directory's
+/// mtime only when it is older than [`RECENT`]: fixture times and times set explicitly
+/// (`touch -d`) are compared, times of writes made by the test are not.
+pub const OLD_MTIME: i64 = 1_000_000_000;
+/// See [`OLD_MTIME`] (2017-07-14).
+pub const RECENT: i64 = 1_500_000_000;
+
+/// Sets atime and mtime of every non-directory under `dir` (symlinks themselves) to
+/// [`OLD_MTIME`].
+pub fn set_old_mtimes(dir: &Path) {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
+    let t = Timespec {
+        tv_sec: OLD_MTIME,
+        tv_nsec: 0,
+    };
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            set_old_mtimes(&e.path());
+        } else {
+            let times = Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(CWD, e.path(), &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        }
+    }
+}
+
+/// One entry of a [`tree_view`]: `what` is everything but the hard-link facts, `links` is
+/// `nlink=N inode-of=FIRST-PATH` for non-directories (empty for directories).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    pub what: String,
+    pub links: String,
+}
+
+/// Everything a user sees of a tree, path by path: a directory's sorted names (key `DIR/`);
+/// per entry its type, mode, uid:gid, `user.*` xattrs, and for non-directories size, content
+/// (length, hash and head), symlink target, mtime when older than [`RECENT`], `st_nlink` and
+/// which names share an inode (the first name of each inode in walk order). Not inode numbers,
+/// other times, or directory link counts. Never opens anything but regular files. An error
+/// (a listed name that cannot be looked up or read) is part of the view, not a panic.
+pub fn tree_view(root: &Path) -> BTreeMap<String, EntryView> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = BTreeMap::new();
+    let mut first_name: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    let err = |op: &str, e: std::io::Error| format!("<{op}: {e}>");
+    while let Some(rel) = stack.pop() {
+        let names = std::fs::read_dir(root.join(&rel)).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<String>>>()
+        });
+        let mut names = match names {
+            Ok(names) => names,
+            Err(e) => {
+                let what = err("readdir", e);
+                out.insert(
+                    format!("{}/", rel.display()),
+                    EntryView {
+                        what,
+                        links: String::new(),
+                    },
+                );
+                continue;
+            }
+        };
+        names.sort();
+        let listing = EntryView {
+            what: format!("{names:?}"),
+            links: String::new(),
+        };
+        out.insert(format!("{}/", rel.display()), listing);
+        for n in names {
+            let r = rel.join(&n);
+            let p = root.join(&r);
+            let md = match std::fs::symlink_metadata(&p) {
+                Ok(md) => md,
+                Err(e) => {
+                    let what = err("stat", e);
+                    out.insert(
+                        r.display().to_string(),
+                        EntryView {
+                            what,
+                            links: String::new(),
+                        },
+                    );
+                    continue;
+                }
+            };
+            let ft = md.file_type();
+            let mut what = format!("{:o} {}:{}", md.mode() & 0o7777, md.uid(), md.gid());
+            let mut links = String::new();
+            if ft.is_dir() {
+                stack.push(r.clone());
+                what.insert_str(0, "dir ");
+            } else {
+                let kind = if ft.is_symlink() {
+                    match std::fs::read_link(&p) {
+                        Ok(t) => format!("link -> {}", t.display()),
+                        Err(e) => format!("link {}", err("readlink", e)),
+                    }
+                } else if ft.is_file() {
+                    let content = match std::fs::read(&p) {
+                        Ok(data) => {
+                            let head = String::from_utf8_lossy(&data[..data.len().min(24)]);
+                            format!(
+                                "read={} hash={:016x} {head:?}",
+                                data.len(),
+                                content_hash(&data)
+                            )
+                        }
+                        Err(e) => err("read", e),
+                    };
+                    format!("file size={} {content}", md.len())
+                } else if ft.is_fifo() {
+                    "fifo".to_owned()
+                } else if ft.is_socket() {
+                    "socket".to_owned()
+                } else {
+                    format!("device {:x}", md.rdev())
+                };
+                what.insert_str(0, &format!("{kind} "));
+                if md.mtime() < RECENT {
+                    what.push_str(&format!(" mtime={}", md.mtime()));
+                }
+                let first = first_name
+                    .entry(md.ino())
+                    .or_insert_with(|| r.display().to_string());
+                links = format!("nlink={} inode-of={first}", md.nlink());
+            }
+            for (name, value) in user_xattrs(&p) {
+                what.push_str(&format!(" {name}={value:?}"));
+            }
+            out.insert(r.display().to_string(), EntryView { what, links });
+        }
+    }
+    out
+}
+
+/// FNV-1a over the data: enough to tell contents apart in a diff.
+fn content_hash(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The `user.*` xattrs of `p` itself (not following a symlink), sorted by name.
+pub fn user_xattrs(p: &Path) -> Vec<(String, String)> {
+    let mut list = vec![0u8; 64 << 10];
+    let Ok(n) = rustix::fs::llistxattr(p, &mut list[..]) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = list[..n]
+        .split(|b| *b == 0)
+        .filter(|name| name.starts_with(b"user."))
+        .map(|name| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut value = vec![0u8; 64 << 10];
+            let value = match rustix::fs::lgetxattr(p, name.as_str(), &mut value[..]) {
+                Ok(len) => String::from_utf8_lossy(&value[..len]).into_owned(),
+                Err(e) => format!("<{e}>"),
+            };
+            (name, value)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The differences between two [`tree_view`]s, one line per path; hard-link facts are left out
+/// when `with_links` is false.
+pub fn view_diff(
+    a_name: &str,
+    a: &BTreeMap<String, EntryView>,
+    b_name: &str,
+    b: &BTreeMap<String, EntryView>,
+    with_links: bool,
+) -> Vec<String> {
+    let show = |v: &EntryView| {
+        if with_links && !v.links.is_empty() {
+            format!("{} {}", v.what, v.links)
+        } else {
+            v.what.clone()
+        }
+    };
+    let mut out = Vec::new();
+    for (p, va) in a {
+        match b.get(p) {
+            None => out.push(format!("{p}: {a_name} {} / {b_name}: missing", show(va))),
+            Some(vb) if show(va) != show(vb) => {
+                out.push(format!(
+                    "{p}: {a_name} {} / {b_name} {}",
+                    show(va),
+                    show(vb)
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (p, vb) in b {
+        if !a.contains_key(p) {
+            out.push(format!("{p}: {a_name}: missing / {b_name} {}", show(vb)));
+        }
+    }
+    out
 }

@@ -1,5 +1,7 @@
 //! Differential test: the same operations on kernel overlayfs and on strata over the same
 //! `DirTree` lowers; the resulting trees must match (content, mode, owner, nlink, readdir).
+//! Then each upper is stacked as the top lower of a new union (layer rotation, [`rotate`]):
+//! the views must not change.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,44 +13,83 @@ use crate::common::*;
 /// A kernel overlayfs mount, unmounted on drop.
 pub struct KernelOverlay {
     path: PathBuf,
+    mounted: bool,
 }
 
+/// The kernel options of the differential tests: index=on keeps hard links together across
+/// copy-up and redirect_dir=on lets lower dirs be renamed: the semantics strata gives by default.
+pub const KERNEL_OPTS: &str = "index=on,redirect_dir=on";
+
 impl KernelOverlay {
-    /// Mounts `mount -t overlay` over `s`'s dirs; `None` (with a `skipped:` line) when the
-    /// kernel refuses.
+    /// Mounts `mount -t overlay` over `s`'s dirs with [`KERNEL_OPTS`]; `None` (with a
+    /// `skipped:` line) when the kernel refuses.
     pub fn mount(s: &Scratch, lowers: &[&str], upper: &str, work: &str) -> Option<KernelOverlay> {
-        let path = s.dir("kmnt");
-        s.dir(work);
+        KernelOverlay::mount_with(s, "kmnt", lowers, Some((upper, work)), KERNEL_OPTS)
+    }
+
+    /// Mounts at `s`'s dir `mnt` over `s`'s dirs `lowers` (top first) with `upper_work` =
+    /// (upperdir, workdir), created if missing, or read-only when `None`, plus the mount
+    /// options `opts`; `None` (with a `skipped:` line) when the kernel refuses.
+    pub fn mount_with(
+        s: &Scratch,
+        mnt: &str,
+        lowers: &[&str],
+        upper_work: Option<(&str, &str)>,
+        opts: &str,
+    ) -> Option<KernelOverlay> {
+        let path = s.dir(mnt);
         let lowerdir: Vec<String> = lowers
             .iter()
             .map(|l| s.path(l).display().to_string())
             .collect();
-        let opts = format!(
-            // index=on keeps hard links together across copy-up and redirect_dir=on lets lower
-            // dirs be renamed: the semantics strata gives by default.
-            "lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on",
-            lowerdir.join(":"),
-            s.path(upper).display(),
-            s.path(work).display()
-        );
+        let mut all = format!("lowerdir={}", lowerdir.join(":"));
+        if let Some((upper, work)) = upper_work {
+            all.push_str(&format!(
+                ",upperdir={},workdir={}",
+                s.dir(upper).display(),
+                s.dir(work).display()
+            ));
+        }
+        if !opts.is_empty() {
+            all.push_str(&format!(",{opts}"));
+        }
         let st = std::process::Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .args(["-t", "overlay", "overlay", "-o", &all])
             .arg(&path)
             .status();
         if !st.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: kernel overlayfs mount failed");
+            eprintln!("skipped: kernel overlayfs mount failed: -o {all}");
             return None;
         }
-        Some(KernelOverlay { path })
+        Some(KernelOverlay {
+            path,
+            mounted: true,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Unmounts now; panics when `umount` fails (`Drop` then unmounts lazily).
+    pub fn unmount(mut self) {
+        let st = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "umount {}",
+            self.path.display()
+        );
+        self.mounted = false;
+    }
 }
 
 impl Drop for KernelOverlay {
     fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
         let ok = std::process::Command::new("umount")
             .arg(&self.path)
             .status();
@@ -63,7 +104,7 @@ impl Drop for KernelOverlay {
 
 /// One operation of the sequence.
 #[derive(Clone, Debug)]
-enum Op {
+pub enum Op {
     Write(&'static str, &'static [u8]),
     Append(&'static str, &'static [u8]),
     Truncate(&'static str, u64),
@@ -76,9 +117,16 @@ enum Op {
     Rmdir(&'static str),
     Link(&'static str, &'static str),
     Symlink(&'static str, &'static str),
+    /// atime and mtime to these seconds, by `utimensat` on the path (`touch -d` opens the file
+    /// for writing first, which makes kernel overlayfs copy the data up).
+    Touch(&'static str, i64),
+    SetXattr(&'static str, &'static str, &'static str),
+    RemoveXattr(&'static str, &'static str),
+    Mkfifo(&'static str),
 }
 
-fn apply(root: &Path, op: &Op) -> Result<(), i32> {
+/// Applies `op` under `root`; the errno on failure.
+pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
     let p = |r: &str| root.join(r);
     let e = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error().unwrap_or(-1));
     match op {
@@ -100,6 +148,31 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
         Op::Rmdir(d) => e(fs::remove_dir(p(d))),
         Op::Link(a, b) => e(fs::hard_link(p(a), p(b))),
         Op::Symlink(t, l) => e(std::os::unix::fs::symlink(t, p(l))),
+        Op::Touch(f, secs) => {
+            let t = rustix::fs::Timespec {
+                tv_sec: *secs,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, p(f), &times, rustix::fs::AtFlags::empty())
+                .map_err(|e| e.raw_os_error())
+        }
+        Op::SetXattr(f, n, v) => {
+            rustix::fs::lsetxattr(p(f), *n, v.as_bytes(), rustix::fs::XattrFlags::empty())
+                .map_err(|e| e.raw_os_error())
+        }
+        Op::RemoveXattr(f, n) => rustix::fs::lremovexattr(p(f), *n).map_err(|e| e.raw_os_error()),
+        Op::Mkfifo(f) => rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p(f),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .map_err(|e| e.raw_os_error()),
     }
 }
 
@@ -249,8 +322,95 @@ fn differential_against_kernel_overlayfs() {
         assert_eq!(a, b, "op {i} {op:?}: kernel {a:?} vs strata {b:?}");
         compare(k.path(), m.path(), &format!("after op {i} {op:?}"));
     }
+    // Every name of the hard-link group hl/{a,b} is in the kernel's upper by now, so the
+    // kernel's rotated layer keeps them one inode too.
+    let (k, m) = rotate(&s, k, m, "after OPS", true);
+    for (i, op) in OPS_AFTER_ROTATION.iter().enumerate() {
+        let a = apply(k.path(), op);
+        let b = apply(m.path(), op);
+        assert_eq!(a, b, "rotated: op {i} {op:?}: kernel {a:?} vs strata {b:?}");
+        compare(k.path(), m.path(), &format!("rotated: after op {i} {op:?}"));
+    }
     m.unmount().unwrap();
-    drop(k);
+    k.unmount();
+}
+
+/// Operations on entries of the rotated layer, after [`OPS`]: dirs renamed before (with
+/// redirects) renamed again, copied-up files changed again, a hard link of the rotated layer.
+const OPS_AFTER_ROTATION: &[Op] = &[
+    Op::Rename("deep/dir3", "dir4"),
+    Op::Rename("dir4/etc", "etc"),
+    Op::Chmod("big", 0o640),
+    Op::Append("renamed", b"again"),
+    Op::Append("hl/c", b"?"),
+    Op::Unlink("deep/hb"),
+    Op::Rename("link2", "dir4/link3"),
+    Op::Unlink("opq"),
+    Op::Mkdir("opq"),
+    Op::RmTree("dir4/sub"),
+    Op::Write("dir4/top2", b"over"),
+    Op::Chown("etc/passwd", 1000, 1000),
+    Op::Rename("etc/new", "etc/newer"),
+    Op::Rmdir("deep"),
+];
+
+/// Layer rotation: unmounts both unions and stacks each one's upper (`kupper`, `upper`) as the
+/// top lower of a new union over `l1`, `l2` with a fresh upper (`kupper2`, `upper2`). The
+/// kernel's work dir goes: it holds the kernel's hard-link index, which is no part of the
+/// layer. Strata's view must not change, and must equal the kernel's rotated view wherever the
+/// kernel's own view did not change. It does change when a hard-link group was copied up
+/// through some of its names only: the other names stay in the lower layer, a different inode
+/// there (with the old attributes). `kernel_keeps_view` asserts that this did not happen.
+fn rotate(
+    s: &Scratch,
+    k: KernelOverlay,
+    m: unionfs::testing::MountedUnion,
+    ctx: &str,
+    kernel_keeps_view: bool,
+) -> (KernelOverlay, unionfs::testing::MountedUnion) {
+    let before = tree_view(m.path());
+    let kernel_before = tree_view(k.path());
+    m.unmount().unwrap();
+    k.unmount();
+    fs::remove_dir_all(s.path("kwork")).unwrap();
+    let k = KernelOverlay::mount_with(
+        s,
+        "kmnt",
+        &["kupper", "l1", "l2"],
+        Some(("kupper2", "kwork2")),
+        KERNEL_OPTS,
+    )
+    .expect("kernel overlayfs mounts over its own rotated upper");
+    let m = mount_layers(s, &["upper", "l1", "l2"], Some(("upper2", "work2")));
+    let after = tree_view(m.path());
+    let d = view_diff("before", &before, "rotated", &after, true);
+    assert!(
+        d.is_empty(),
+        "{ctx}: strata's view changed when its upper became a lower layer:\n{}",
+        d.join("\n")
+    );
+    let kernel_after = tree_view(k.path());
+    let kd = view_diff("before", &kernel_before, "rotated", &kernel_after, true);
+    if kd.is_empty() {
+        let d = view_diff("kernel", &kernel_after, "strata", &after, true);
+        assert!(
+            d.is_empty(),
+            "{ctx}: rotated views differ:\n{}",
+            d.join("\n")
+        );
+    } else {
+        assert!(
+            !kernel_keeps_view,
+            "{ctx}: the kernel's own view changed at rotation:\n{}",
+            kd.join("\n")
+        );
+        eprintln!(
+            "the kernel's view changed at rotation (a hard-link group split), so strata's \
+             rotated view is compared with the view before only:\n{}",
+            kd.join("\n")
+        );
+    }
+    (k, m)
 }
 
 /// Tiny deterministic PRNG (xorshift64*), so failures replay from the seed.
@@ -367,8 +527,10 @@ fn differential_random_sequences_against_kernel_overlayfs() {
                 &format!("seed {seed} after op {i} {op:?}\n{}", done.join("\n")),
             );
         }
+        let ctx = format!("seed {seed}\n{}", done.join("\n"));
+        let (k, m) = rotate(&s, k, m, &ctx, false);
         m.unmount().unwrap();
-        drop(k);
+        k.unmount();
     }
 }
 

@@ -1,5 +1,6 @@
-//! Mounted tests: one per section of docs/SEMANTICS.md, plus a differential test against kernel
-//! overlayfs. Each mounts for real under a `strata-test-*` temp dir and always unmounts.
+//! Mounted tests: one per section of docs/SEMANTICS.md, plus differential and layer-rotation
+//! tests against kernel overlayfs. Each mounts for real under a `strata-test-*` temp dir and
+//! always unmounts.
 
 // Fixture helpers outside #[test] fns panic on setup errors by design; clippy's
 // allow-unwrap-in-tests only covers the test fns themselves.
@@ -8,6 +9,7 @@
 mod common;
 mod differential;
 mod mounting;
+mod rotation;
 mod semantics;
 
 /// Every test that docs/SEMANTICS.md names exists (so the doc cannot drift from the suite).
@@ -18,6 +20,7 @@ fn semantics_doc_names_real_tests() {
         include_str!("semantics.rs"),
         include_str!("differential.rs"),
         include_str!("mounting.rs"),
+        include_str!("rotation.rs"),
         // Unit tests of the merge logic without FUSE.
         include_str!("../../src/fs/tests.rs"),
         // The drop-in's end-to-end tests (the CLI's), for its sections.
