@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use parking_lot::RwLock;
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 
+use crate::longpath;
 use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId, bad_node};
 use crate::xattr;
 
@@ -102,15 +103,6 @@ struct Interner {
 struct Scan {
     names: Vec<OsString>,
     opaque: bool,
-}
-
-/// `rel` for the `*at` calls: the root itself is `.`.
-fn at(rel: &Path) -> &Path {
-    if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    }
 }
 
 /// Whether the open directory `fd` has one of [`OPAQUE_XATTRS`] set to `y`: one `flistxattr`,
@@ -288,8 +280,13 @@ impl DirTree {
         Ok(names.iter().rev().collect())
     }
 
-    fn abs(&self, node: NodeId) -> io::Result<PathBuf> {
-        Ok(self.root.join(self.rel(node)?))
+    /// Calls `f` with a directory and a path below it that name `rel` (however deep).
+    fn at<T>(
+        &self,
+        rel: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &Path) -> io::Result<T>,
+    ) -> io::Result<T> {
+        longpath::with_at(self.fd.as_fd(), rel, f)
     }
 
     /// A new node `name` in `parent`, with its `stat` when known.
@@ -320,12 +317,14 @@ impl DirTree {
     }
 
     fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
-        Ok(rustix::fs::openat(
-            &self.fd,
-            at(rel),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?)
+        self.at(rel, |d, p| {
+            Ok(rustix::fs::openat(
+                d,
+                p,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        })
     }
 
     /// Reads the names of the directory `rel` and whether it is opaque (a `.wh..wh..opq`
@@ -377,12 +376,14 @@ impl DirTree {
         let read: (Scan, Dir);
         let (scan, dirfd): (&Scan, BorrowedFd<'_>) = match &cached {
             Some(scan) => {
-                opened = rustix::fs::openat(
-                    &self.fd,
-                    at(&rel),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
+                opened = self.at(&rel, |d, p| {
+                    Ok(rustix::fs::openat(
+                        d,
+                        p,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?)
+                })?;
                 (scan, opened.as_fd())
             }
             None => {
@@ -442,12 +443,14 @@ impl DirTree {
     }
 
     fn open_file(&self, node: NodeId) -> io::Result<File> {
-        let fd = rustix::fs::openat(
-            &self.fd,
-            at(&self.rel(node)?),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = self.at(&self.rel(node)?, |d, p| {
+            Ok(rustix::fs::openat(
+                d,
+                p,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        })?;
         Ok(File::from(fd))
     }
 
@@ -524,8 +527,9 @@ impl LowerTree for DirTree {
         let mut attr = match cached {
             Some(a) => a,
             None => {
-                let st =
-                    rustix::fs::statat(&self.fd, at(&self.rel(node)?), AtFlags::SYMLINK_NOFOLLOW)?;
+                let st = self.at(&self.rel(node)?, |d, p| {
+                    Ok(rustix::fs::statat(d, p, AtFlags::SYMLINK_NOFOLLOW)?)
+                })?;
                 let a = lower_attr(&st);
                 if let Some(rec) = self.nodes.write().nodes.get_mut(node.0 as usize) {
                     rec.attr = Some(a.clone());
@@ -540,7 +544,9 @@ impl LowerTree for DirTree {
     }
 
     fn readlink(&self, node: NodeId) -> io::Result<OsString> {
-        let target = rustix::fs::readlinkat(&self.fd, at(&self.rel(node)?), Vec::new())?;
+        let target = self.at(&self.rel(node)?, |d, p| {
+            Ok(rustix::fs::readlinkat(d, p, Vec::new())?)
+        })?;
         Ok(OsString::from_vec(target.into_bytes()))
     }
 
@@ -553,7 +559,12 @@ impl LowerTree for DirTree {
     }
 
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        xattr::all(&self.abs(node)?, true)
+        let rel = self.rel(node)?;
+        if rel.as_os_str().len() < longpath::LONG {
+            return xattr::all(&self.root.join(rel), true);
+        }
+        let (_fd, p) = longpath::proc_path(self.fd.as_fd(), &rel)?;
+        xattr::all(&p, true)
     }
 }
 

@@ -56,6 +56,7 @@ pub mod fs;
 mod fuse;
 pub mod idmap;
 pub mod index;
+mod longpath;
 pub mod lower;
 mod mount;
 mod sys;

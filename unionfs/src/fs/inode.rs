@@ -13,6 +13,10 @@ use crate::lower::{EntryKind, NodeId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ino(pub u64);
 
+/// Deepest merged path walked up to the root (far deeper than any path string can name: a
+/// process can `chdir` down level by level); beyond it a cycle is assumed.
+const MAX_DEPTH: usize = 1 << 20;
+
 /// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT_INO: Ino = Ino(1);
 
@@ -52,6 +56,10 @@ pub(crate) struct NodeState {
     pub(crate) nlink: Option<u32>,
     /// No name left (open handles may still use it).
     pub(crate) unlinked: bool,
+    /// Attributes of an unlinked inode, taken when its last name went (`st_nlink` 0), for
+    /// `fstat`/`fchmod`/… through a descriptor when no open upper file can answer: a removed
+    /// directory (there are no directory handles) or a lower file. Changed in memory only.
+    pub(crate) gone: Option<Box<super::Attr>>,
     /// Numbered by a readdir but never looked up: its state is not resolved yet.
     pub(crate) reserved: bool,
     /// Serialises copy-up of this inode; made on first use (most inodes are never copied up).
@@ -72,6 +80,7 @@ impl NodeState {
             metacopy: false,
             nlink: None,
             unlinked: false,
+            gone: None,
             reserved: false,
             copy_lock: None,
         }
@@ -174,7 +183,7 @@ impl InodeTable {
             parts.push(&n.name);
             cur = n.parent;
             guard += 1;
-            if guard > 4096 {
+            if guard > MAX_DEPTH {
                 return None; // a cycle would be a bug; refuse rather than spin
             }
         }
@@ -191,7 +200,7 @@ impl InodeTable {
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         let mut base: &Path = Path::new("");
-        for _ in 0..4096 {
+        for _ in 0..MAX_DEPTH {
             let n = self.nodes.get(&cur)?;
             if let Some(o) = &n.lower_origin {
                 base = o;
@@ -256,6 +265,7 @@ impl InodeTable {
                 n.parent = parent;
                 n.name = name.to_owned();
                 n.unlinked = false;
+                n.gone = None;
             } else if !(n.parent == parent && n.name == name) {
                 n.aliases.push((parent, name.to_owned()));
             }
@@ -337,6 +347,7 @@ impl InodeTable {
                 n.parent = parent;
                 n.name = name.to_owned();
                 n.unlinked = false;
+                n.gone = None;
             } else {
                 n.aliases.push((parent, name.to_owned()));
             }

@@ -140,7 +140,7 @@ enum HandleData {
 }
 
 #[derive(Debug)]
-struct Handle {
+pub(crate) struct Handle {
     ino: Ino,
     data: HandleData,
     /// A lower handle whose file has since been copied up reads the copy, opened on its
@@ -614,17 +614,49 @@ impl UnionFs {
         })
     }
 
+    /// An open upper file of `ino`: the handle `fh` when it is one, else (for an inode with no
+    /// name left, whose path is gone) any open upper handle of it. The kernel sends no handle
+    /// with `fstat`, `fchmod`, `fchown` or `futimens`, so an unlinked file is found by inode.
+    pub(crate) fn upper_handle(
+        &self,
+        ino: Ino,
+        s: &NodeState,
+        fh: Option<Fh>,
+    ) -> Option<Arc<Handle>> {
+        let is_upper = |h: &Handle| h.ino == ino && matches!(h.data, HandleData::Upper(_));
+        if let Some(h) = fh.and_then(|f| self.handle(f).ok())
+            && is_upper(&h)
+        {
+            return Some(h);
+        }
+        if !s.unlinked {
+            return None;
+        }
+        self.handles.lock().values().find(|h| is_upper(h)).cloned()
+    }
+
     fn attr_of(&self, ino: Ino, s: &NodeState, fh: Option<Fh>) -> Result<Attr> {
+        if s.unlinked && !s.metacopy {
+            if let Some(h) = self.upper_handle(ino, s, fh)
+                && let HandleData::Upper(f) = &h.data
+            {
+                let md = f
+                    .metadata()
+                    .map_err(FsError::io("fstat", "<unlinked file>"))?;
+                let mut a = attr_from_md(ino, &md);
+                a.nlink = 0;
+                return Ok(a);
+            }
+            if let Some(a) = &s.gone {
+                return Ok((**a).clone());
+            }
+        }
         if s.upper {
-            let md = match fh.and_then(|f| self.handle(f).ok()) {
-                Some(h) if h.ino == ino && matches!(h.data, HandleData::Upper(_)) => {
-                    match &h.data {
-                        HandleData::Upper(f) => {
-                            f.metadata().map_err(FsError::io("fstat", "<handle>"))?
-                        }
-                        _ => unreachable_md()?,
-                    }
-                }
+            let md = match self.upper_handle(ino, s, fh).as_deref() {
+                Some(Handle {
+                    data: HandleData::Upper(f),
+                    ..
+                }) => f.metadata().map_err(FsError::io("fstat", "<handle>"))?,
                 _ => {
                     let p = self.upper()?.path(&self.path_of(ino)?);
                     p.symlink_metadata().map_err(FsError::io("stat", &p))?
@@ -644,6 +676,9 @@ impl UnionFs {
             if let Some(n) = s.nlink {
                 a.nlink = n;
             }
+            if s.unlinked {
+                a.nlink = 0;
+            }
             return Ok(a);
         }
         let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
@@ -655,7 +690,9 @@ impl UnionFs {
             size: la.size,
             blocks: la.size.div_ceil(512),
             perm: la.mode,
-            nlink: if la.kind == EntryKind::Dir && s.lower.len() > 1 {
+            nlink: if s.unlinked {
+                0
+            } else if la.kind == EntryKind::Dir && s.lower.len() > 1 {
                 1
             } else {
                 s.nlink.unwrap_or(la.nlink)
@@ -1235,10 +1272,6 @@ pub(crate) fn attr_from_md(ino: Ino, md: &std::fs::Metadata) -> Attr {
         mtime: time(md.mtime(), md.mtime_nsec()),
         ctime: time(md.ctime(), md.ctime_nsec()),
     }
-}
-
-fn unreachable_md() -> Result<std::fs::Metadata> {
-    Err(FsError::Invalid("handle kind changed"))
 }
 
 fn read_full(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

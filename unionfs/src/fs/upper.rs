@@ -12,6 +12,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode};
 
 use crate::dirtree::{WHITEOUT_PREFIX, is_whiteout_dev};
 use crate::error::{FsError, Result};
+use crate::longpath::{Base, SysPath};
 use crate::xattr;
 
 /// Marks an upper file as a metadata-only copy-up; the value is the path (relative, in the lower
@@ -33,6 +34,8 @@ const COPY_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Upper {
     pub(crate) dir: PathBuf,
+    /// `dir`, held open: entries too deep for one path string are named from it.
+    base: std::sync::Arc<Base>,
     pub(crate) work: PathBuf,
     /// Whiteouts are `.wh.NAME` files because `mknod` of char 0/0 was refused.
     wh_files: AtomicBool,
@@ -76,8 +79,10 @@ impl Upper {
             };
             r.map_err(FsError::io("clean work dir", &p))?;
         }
+        let base = Base::open(&dir).map_err(FsError::io("open upper dir", &dir))?;
         let u = Upper {
             dir,
+            base,
             work,
             wh_files: AtomicBool::new(false),
             user_opaque: AtomicBool::new(false),
@@ -104,8 +109,10 @@ impl Upper {
         }
     }
 
-    pub(crate) fn path(&self, rel: &Path) -> PathBuf {
-        self.dir.join(rel)
+    /// The upper copy of the merged path `rel`, as a path one syscall takes however deep it is
+    /// (see [`SysPath`]).
+    pub(crate) fn path(&self, rel: &Path) -> SysPath {
+        SysPath::new(&self.base, rel)
     }
 
     pub(crate) fn tmp_path(&self) -> PathBuf {
@@ -116,8 +123,10 @@ impl Upper {
 
     /// Whether `dir_rel/name` is hidden by a `.wh.NAME` whiteout file in the upper, for a name
     /// that the upper does not have itself (the char 0/0 spelling is the name itself).
-    pub(crate) fn has_wh_file(&self, dir: &Path, name: &OsStr) -> bool {
-        rustix::fs::statat(CWD, dir.join(wh_name(name)), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    pub(crate) fn has_wh_file(&self, dir: &SysPath, name: &OsStr) -> bool {
+        // A name too long for a `.wh.` spelling simply has none.
+        has_wh_spelling(name)
+            && rustix::fs::statat(CWD, &*dir.join(wh_name(name)), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// Replaces whatever is at `dir_rel/name` (nothing, a non-dir or an empty dir) by a whiteout.
@@ -154,7 +163,7 @@ impl Upper {
     pub(crate) fn make_whiteout_absent(&self, dir_rel: &Path, name: &OsStr) -> Result<()> {
         if !self.wh_files.load(Ordering::Relaxed) {
             let target = self.path(dir_rel).join(name);
-            match rustix::fs::mknodat(CWD, &target, FileType::CharacterDevice, Mode::empty(), 0) {
+            match rustix::fs::mknodat(CWD, &*target, FileType::CharacterDevice, Mode::empty(), 0) {
                 Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::PERM) => self.wh_files.store(true, Ordering::Relaxed),
                 Err(rustix::io::Errno::EXIST) => return self.make_whiteout(dir_rel, name),
@@ -173,8 +182,11 @@ impl Upper {
         if p.symlink_metadata().is_ok_and(|m| is_whiteout_dev(&m)) {
             std::fs::remove_file(&p).map_err(FsError::io("remove whiteout", &p))?;
         }
+        if !has_wh_spelling(name) {
+            return Ok(());
+        }
         let wh = dir.join(wh_name(name));
-        match std::fs::remove_file(&wh) {
+        match std::fs::remove_file(&*wh) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(FsError::io("remove whiteout", &wh)(e)),
@@ -204,6 +216,12 @@ impl Upper {
         };
         xattr::set(path, name, b"y", 0).map_err(FsError::io("set opaque xattr", path))
     }
+}
+
+/// Whether `name` fits the 255-byte name limit with the `.wh.` prefix (a longer name can have
+/// no whiteout file, only the char 0/0 spelling).
+pub(crate) fn has_wh_spelling(name: &OsStr) -> bool {
+    name.len() + WHITEOUT_PREFIX.len() <= 255
 }
 
 /// `.wh.NAME`.

@@ -14,6 +14,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 use super::upper::{DataSource, METACOPY_XATTR, REDIRECT_XATTR, copy_data, is_reserved_name};
 use super::{Attr, Caller, Entry, Fh, HandleData, Ino, LowerRef, UnionFs};
 use crate::error::{FsError, Result};
+use crate::longpath::SysPath;
 use crate::lower::{EntryKind, LowerAttr, is_internal_xattr};
 use crate::xattr;
 
@@ -381,7 +382,7 @@ impl UnionFs {
 
     /// Prepares `parent/name` for a new entry: the parent in the upper, no whiteout in the way.
     /// Returns the new entry's absolute upper path and whether lowers have the name.
-    fn prepare_new(&self, parent: Ino, name: &OsStr) -> Result<(PathBuf, bool)> {
+    fn prepare_new(&self, parent: Ino, name: &OsStr) -> Result<(SysPath, bool)> {
         check_name(name)?;
         if self.exists(parent, name)?.is_some() {
             return Err(FsError::Exists);
@@ -390,7 +391,7 @@ impl UnionFs {
     }
 
     /// `prepare_new` for a name the caller has just found absent (holding the namespace lock).
-    fn prepare_absent(&self, parent: Ino, name: &OsStr) -> Result<(PathBuf, bool)> {
+    fn prepare_absent(&self, parent: Ino, name: &OsStr) -> Result<(SysPath, bool)> {
         let u = self.upper()?;
         let prel = self.ensure_upper_dir(parent)?;
         let ps = self.state(parent)?;
@@ -699,7 +700,7 @@ impl UnionFs {
         }
         let _ns = self.ns.read();
         let (path, _) = self.prepare_new(parent, name)?;
-        rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), rdev)
+        rustix::fs::mknodat(CWD, &*path, ft, Mode::from_raw_mode(0o600), rdev)
             .map_err(|e| FsError::io("mknod", &path)(e.into()))?;
         std::fs::set_permissions(
             &path,
@@ -776,12 +777,13 @@ impl UnionFs {
         if s.kind == EntryKind::Dir {
             return Err(FsError::IsDir);
         }
+        let before = self.attr_of(ino, &s, None).ok();
         if !s.upper {
             // A lower-only name: the upper has neither it nor a whiteout of it (the lookup just
             // checked), so one mknod of the whiteout does it.
             let prel = self.ensure_upper_dir(parent)?;
             u.make_whiteout_absent(&prel, name)?;
-            self.table.write().detach(parent, name);
+            self.detach_name(parent, name, before);
             return Ok(());
         }
         let ps = self.state(parent)?;
@@ -793,7 +795,7 @@ impl UnionFs {
             let p = u.path(&prel).join(name);
             std::fs::remove_file(&p).map_err(FsError::io("unlink", &p))?;
         }
-        self.table.write().detach(parent, name);
+        self.detach_name(parent, name, before);
         Ok(())
     }
 
@@ -813,6 +815,7 @@ impl UnionFs {
         if !self.list_merged(ino)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
+        let before = self.attr_of(ino, &s, None).ok();
         let ps = self.state(parent)?;
         let need_wh = !self.lower_child(&ps.lower, name)?.0.is_empty();
         let prel = self.ensure_upper_dir(parent)?;
@@ -825,7 +828,7 @@ impl UnionFs {
             let p = u.path(&prel).join(name);
             std::fs::remove_dir(&p).map_err(FsError::io("rmdir", &p))?;
         }
-        self.table.write().detach(parent, name);
+        self.detach_name(parent, name, before);
         Ok(())
     }
 
@@ -922,7 +925,7 @@ impl UnionFs {
                 .map_err(|e| match e.raw_os_error() {
                     Some(libc::ENOTSUP) => FsError::Io {
                         op: "set redirect (the upper has no user xattrs)",
-                        path: from.clone(),
+                        path: from.to_path_buf(),
                         source: std::io::Error::from_raw_os_error(libc::EXDEV),
                     },
                     _ => FsError::io("set redirect", &from)(e),
@@ -937,15 +940,22 @@ impl UnionFs {
         {
             u.empty_dir(&nrel.join(new_name))?;
         }
+        let replaced = match dst {
+            Some(d) => self
+                .state(d)
+                .ok()
+                .and_then(|ds| self.attr_of(d, &ds, None).ok()),
+            None => None,
+        };
         u.clear_whiteout(&nrel, new_name)?;
         std::fs::rename(&from, &to).map_err(FsError::io("rename", &to))?;
         if src_need_wh {
             u.make_whiteout(&prel, name)?;
         }
-        let mut t = self.table.write();
         if dst.is_some() {
-            t.detach(new_parent, new_name);
+            self.detach_name(new_parent, new_name, replaced);
         }
+        let mut t = self.table.write();
         t.rename(parent, name, new_parent, new_name);
         if let Some(n) = t.get_mut(src) {
             n.upper = true;
@@ -1052,10 +1062,35 @@ impl UnionFs {
         self.setattr(ino, set, fh).map(Some)
     }
 
+    /// Removes the name `parent/name` from the table. When that was the inode's last name,
+    /// `before` (its attributes just before the removal) is kept for `fstat` and friends
+    /// through descriptors still open on it.
+    fn detach_name(&self, parent: Ino, name: &OsStr, before: Option<Attr>) {
+        let mut t = self.table.write();
+        if let Some(ino) = t.detach(parent, name)
+            && let Some(n) = t.get_mut(ino)
+            && n.unlinked
+        {
+            n.gone = before.map(|mut a| {
+                a.nlink = 0;
+                Box::new(a)
+            });
+        }
+    }
+
+    /// `setattr` of an inode with no name left: through an open upper file of it when there
+    /// is one (`ftruncate`, and `fchmod`/`fchown`/`futimens`, for which the kernel sends no
+    /// handle), else on the attributes kept in memory (a removed directory or lower file:
+    /// nothing on disk can be reached, and nothing will ever read it there again).
     fn setattr_unlinked(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> Result<Attr> {
-        let h = match fh.map(|f| self.handle(f)) {
-            Some(Ok(h)) if h.ino == ino => h,
-            _ => return self.getattr(ino, fh),
+        let s = self.state(ino)?;
+        let Some(h) = self.upper_handle(ino, &s, fh) else {
+            let mut t = self.table.write();
+            if let Some(a) = t.get_mut(ino).and_then(|n| n.gone.as_mut()) {
+                set_in_memory(a, &set);
+            }
+            drop(t);
+            return self.getattr(ino, fh);
         };
         if let HandleData::Upper(f) = &h.data {
             let io = |op| move |e: rustix::io::Errno| FsError::io(op, "<unlinked file>")(e.into());
@@ -1120,6 +1155,34 @@ impl UnionFs {
             _ => FsError::io("removexattr", &path)(e),
         })
     }
+}
+
+/// Applies `set` to attributes kept in memory (see [`UnionFs::setattr_unlinked`]).
+fn set_in_memory(a: &mut Attr, set: &SetAttr) {
+    let now = SystemTime::now();
+    let at = |t: SetTime| match t {
+        SetTime::Now => now,
+        SetTime::At(t) => t,
+    };
+    if let Some(m) = set.mode {
+        a.perm = m & 0o7777;
+    }
+    if let Some(u) = set.uid {
+        a.uid = u;
+    }
+    if let Some(g) = set.gid {
+        a.gid = g;
+    }
+    if let Some(size) = set.size {
+        a.size = size;
+    }
+    if let Some(t) = set.atime {
+        a.atime = at(t);
+    }
+    if let Some(t) = set.mtime {
+        a.mtime = at(t);
+    }
+    a.ctime = now;
 }
 
 /// Calls [`UnionFs::names_changed`] when dropped: at the end of an operation on names, on

@@ -804,3 +804,267 @@ fn rootless_concurrency() {
     assert_eq!(md.len(), (64 << 20) + 3);
     m.unmount().unwrap();
 }
+
+/// Makes `levels` nested directories of `name_len`-byte names below the open directory `top`
+/// (with `mkdirat` + `openat`, as `mkdir` + `chdir` level by level), returns the deepest one.
+fn dig(top: &fs::File, levels: usize, name_len: usize, tag: char) -> fs::File {
+    use rustix::fs::{Mode, OFlags};
+    let mut cur = top.try_clone().unwrap();
+    for i in 0..levels {
+        let name = format!("{i:02}{}", tag.to_string().repeat(name_len - 2));
+        match rustix::fs::mkdirat(&cur, name.as_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => panic!("mkdir at level {i}: {e}"),
+        }
+        let fd = rustix::fs::openat(
+            &cur,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("open level {i}: {e}"));
+        cur = fs::File::from(fd);
+    }
+    cur
+}
+
+#[test]
+fn rootless_paths_beyond_path_max() {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    need_fuse!("rootless_paths_beyond_path_max");
+    let s = Scratch::new();
+    standard_layers(&s);
+    // 40 levels of 200 bytes: 8 KB below the root, in the lower and (new) in the upper.
+    let lower_deep = dig(&fs::File::open(s.path("l2")).unwrap(), 40, 200, 'l');
+    fs::File::from(
+        rustix::fs::openat(
+            &lower_deep,
+            "lowerfile",
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap(),
+    )
+    .write_all(b"deep lower")
+    .unwrap();
+    let m = mount_over(&s, &["l1", "l2"], true);
+    let root = fs::File::open(m.path()).unwrap();
+    for (tag, what) in [('u', "upper-only"), ('l', "lower (parents copied up)")] {
+        let d = dig(&root, 40, 200, tag);
+        let err = |op: &str| format!("{op} in a {what} directory 8 KB deep");
+        let f = rustix::fs::openat(
+            &d,
+            "f",
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", err("create")));
+        let mut f = fs::File::from(f);
+        f.write_all(b"hello")
+            .unwrap_or_else(|e| panic!("{}: {e}", err("write")));
+        rustix::fs::mkdirat(&d, "sub", Mode::from_raw_mode(0o755))
+            .unwrap_or_else(|e| panic!("{}: {e}", err("mkdir")));
+        rustix::fs::mknodat(
+            &d,
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", err("mkfifo")));
+        rustix::fs::symlinkat("f", &d, "sl").unwrap_or_else(|e| panic!("{}: {e}", err("symlink")));
+        rustix::fs::linkat(&d, "f", &d, "hl", AtFlags::empty())
+            .unwrap_or_else(|e| panic!("{}: {e}", err("link")));
+        rustix::fs::renameat(&d, "hl", &d, "hl2")
+            .unwrap_or_else(|e| panic!("{}: {e}", err("rename")));
+        // short <-> long
+        rustix::fs::renameat(&d, "hl2", &root, "short")
+            .unwrap_or_else(|e| panic!("{}: {e}", err("rename to short")));
+        rustix::fs::renameat(&root, "short", &d, "hl3")
+            .unwrap_or_else(|e| panic!("{}: {e}", err("rename from short")));
+        rustix::fs::chmodat(&d, "f", Mode::from_raw_mode(0o600), AtFlags::empty())
+            .unwrap_or_else(|e| panic!("{}: {e}", err("chmod")));
+        let me = rustix::process::geteuid();
+        rustix::fs::chownat(&d, "f", Some(me), None, AtFlags::empty())
+            .unwrap_or_else(|e| panic!("{}: {e}", err("chown")));
+        rustix::fs::chownat(&d, "sl", Some(me), None, AtFlags::SYMLINK_NOFOLLOW)
+            .unwrap_or_else(|e| panic!("{}: {e}", err("lchown")));
+        let st = rustix::fs::statat(&d, "f", AtFlags::empty())
+            .unwrap_or_else(|e| panic!("{}: {e}", err("stat")));
+        assert_eq!(st.st_size, 5);
+        assert_eq!(st.st_mode & 0o7777, 0o600);
+        assert_eq!(st.st_nlink, 2);
+        let t = fs::File::from(
+            rustix::fs::openat(&d, "f", OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+                .unwrap_or_else(|e| panic!("{}: {e}", err("open"))),
+        );
+        t.set_len(2)
+            .unwrap_or_else(|e| panic!("{}: {e}", err("truncate")));
+        assert_eq!(
+            rustix::fs::readlinkat(&d, "sl", Vec::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", err("readlink"))),
+            c"f".to_owned()
+        );
+        rustix::fs::unlinkat(&d, "hl3", AtFlags::empty())
+            .unwrap_or_else(|e| panic!("{}: {e}", err("unlink")));
+        rustix::fs::unlinkat(&d, "sub", AtFlags::REMOVEDIR)
+            .unwrap_or_else(|e| panic!("{}: {e}", err("rmdir")));
+        let names: Vec<String> = rustix::fs::Dir::read_from(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        let mut names = names;
+        names.sort();
+        let mut want = vec!["f", "fifo", "sl"];
+        if tag == 'l' {
+            want.insert(2, "lowerfile");
+        }
+        assert_eq!(names, want, "{}", err("readdir"));
+    }
+    // The lower file 8 KB deep reads, and copies up.
+    let d = dig(&root, 40, 200, 'l');
+    let mut lf = fs::File::from(
+        rustix::fs::openat(
+            &d,
+            "lowerfile",
+            OFlags::RDWR | OFlags::APPEND,
+            Mode::empty(),
+        )
+        .expect("open the deep lower file for writing"),
+    );
+    lf.write_all(b"+").unwrap();
+    let mut back = String::new();
+    fs::File::from(rustix::fs::openat(&d, "lowerfile", OFlags::RDONLY, Mode::empty()).unwrap())
+        .read_to_string(&mut back)
+        .unwrap();
+    assert_eq!(back, "deep lower+");
+    drop((d, lf, root));
+    m.unmount().unwrap();
+    // The layer is untouched; the upper holds the copy 8 KB deep.
+    let ld = dig(&fs::File::open(s.path("l2")).unwrap(), 40, 200, 'l');
+    let mut orig = String::new();
+    fs::File::from(rustix::fs::openat(&ld, "lowerfile", OFlags::RDONLY, Mode::empty()).unwrap())
+        .read_to_string(&mut orig)
+        .unwrap();
+    assert_eq!(orig, "deep lower");
+}
+
+#[test]
+fn rootless_rename_to_names_of_255_bytes() {
+    need_fuse!("rootless_rename_to_names_of_255_bytes");
+    let s = Scratch::new();
+    let m = mount_standard(&s, true);
+    let p = |n: &str| m.path().join(n);
+    fs::write(p("new"), b"upper file").unwrap();
+    fs::create_dir(p("newdir")).unwrap();
+    for len in [251, 252, 254, 255] {
+        let long = "n".repeat(len);
+        let longd = "d".repeat(len);
+        // upper file and dir, lower file and dir (a redirect), each there and back
+        for (from, to, content) in [
+            ("new", &long, Some(&b"upper file"[..])),
+            ("shadowed", &long, Some(&b"from l1"[..])),
+            ("newdir", &longd, None),
+            ("deep", &longd, None),
+        ] {
+            fs::rename(p(from), p(to))
+                .unwrap_or_else(|e| panic!("rename {from} to {len} bytes: {e}"));
+            assert!(!p(from).exists());
+            if let Some(c) = content {
+                assert_eq!(fs::read(p(to)).unwrap(), c);
+            }
+            fs::rename(p(to), p(from))
+                .unwrap_or_else(|e| panic!("rename {len} bytes to {from}: {e}"));
+        }
+        assert_eq!(fs::read(p("deep/er/est/leaf")).unwrap(), b"leaf");
+        // create, link, unlink with the long name (a lower name then needs a whiteout)
+        fs::hard_link(p("new"), p(&long)).unwrap();
+        fs::remove_file(p(&long)).unwrap();
+    }
+    // A lower entry with a 255-byte name is removed by a whiteout of that name.
+    let long = "x".repeat(255);
+    m.unmount().unwrap();
+    s.file(&format!("l2/{long}"), b"lower long");
+    let m = mount_over(&s, &["l1", "l2"], true);
+    fs::rename(m.path().join(&long), m.path().join("y".repeat(255))).unwrap();
+    assert!(!m.path().join(&long).exists());
+    assert_eq!(
+        fs::read(m.path().join("y".repeat(255))).unwrap(),
+        b"lower long"
+    );
+    assert!(!ls(m.path()).contains(&long));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn rootless_open_files_after_unlink_and_rmdir() {
+    use std::os::unix::fs::fchown;
+    need_fuse!("rootless_open_files_after_unlink_and_rmdir");
+    let s = Scratch::new();
+    let m = mount_standard(&s, true);
+    let p = |n: &str| m.path().join(n);
+    let (uid, gid) = {
+        let md = fs::metadata(m.path()).unwrap();
+        (md.uid(), md.gid())
+    };
+    // an upper file, a lower file never opened for writing, a lower file copied up
+    fs::write(p("upper-file"), b"abc").unwrap();
+    fs::write(p("etc/passwd"), b"copied up").unwrap();
+    for (name, size) in [("upper-file", 3), ("shadowed", 7), ("etc/passwd", 9)] {
+        let f = OpenOptions::new().read(true).open(p(name)).unwrap();
+        fs::remove_file(p(name)).unwrap();
+        let md = f
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of unlinked {name}: {e}"));
+        assert_eq!(md.nlink(), 0, "{name}");
+        assert_eq!(md.len(), size, "{name}");
+        assert!(md.is_file());
+        f.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap_or_else(|e| panic!("fchmod of unlinked {name}: {e}"));
+        fchown(&f, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("fchown of {name}: {e}"));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        f.set_modified(t)
+            .unwrap_or_else(|e| panic!("futimens of unlinked {name}: {e}"));
+        let md = f.metadata().unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640, "{name}");
+        assert_eq!(md.mtime(), 1_000_000, "{name}");
+        assert_eq!(md.nlink(), 0, "{name}");
+        assert!(!p(name).exists());
+    }
+    // an upper file written after unlink: fstat shows the new size
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(p("scratch"))
+        .unwrap();
+    fs::remove_file(p("scratch")).unwrap();
+    f.write_all(b"12345678").unwrap();
+    f.flush().unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 8);
+    f.set_len(3).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3);
+    let mut back = String::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "123");
+    drop(f);
+    // open directories after rmdir: an upper one and a lower one
+    fs::create_dir(p("newdir")).unwrap();
+    fs::remove_file(p("deep/er/est/leaf")).unwrap();
+    for name in ["newdir", "deep/er/est"] {
+        let d = fs::File::open(p(name)).unwrap();
+        fs::remove_dir(p(name)).unwrap();
+        let md = d
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of removed dir {name}: {e}"));
+        assert!(md.is_dir());
+        assert_eq!(md.nlink(), 0, "{name}");
+        d.set_permissions(fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("fchmod of removed dir {name}: {e}"));
+        assert_eq!(d.metadata().unwrap().mode() & 0o7777, 0o700);
+    }
+    m.unmount().unwrap();
+}
