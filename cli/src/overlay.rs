@@ -106,6 +106,8 @@ pub struct OverlayOptions {
     pub allow_other: bool,
     /// `redirect_dir=off`.
     pub redirect_dir_off: bool,
+    /// `metacopy=off`.
+    pub metacopy_off: bool,
     /// `uidmapping=`/`gidmapping=`/`squash_*`: ids shown inside the mount vs ids on disk.
     pub id_map: IdMap,
     /// Warnings for the user (unknown options, accepted-but-ignored ones).
@@ -218,6 +220,12 @@ pub fn parse_args(args: &[OsString]) -> Result<Invocation> {
             ("allow_other" | "allow_root", _) => opts.allow_other = true,
             ("debug", _) => opts.debug = true,
             ("redirect_dir", Some(v)) if v == "off" => opts.redirect_dir_off = true,
+            ("metacopy", Some(v)) if v == "off" => opts.metacopy_off = true,
+            ("metacopy", Some(v)) if v == "on" => opts.metacopy_off = false,
+            ("metacopy", v) => bail!(
+                "metacopy={}: use metacopy=on or metacopy=off",
+                v.unwrap_or_default()
+            ),
             ("redirect_dir", v) => bail!(
                 "redirect_dir={}: only redirect_dir=off is supported (as fuse-overlayfs)",
                 v.unwrap_or_default()
@@ -317,6 +325,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     options.fsync_copy_up = false;
     options.ignore_fsync = o.no_fsync;
     options.redirect_dir = !o.redirect_dir_off;
+    options.metacopy = !o.metacopy_off;
     options.id_map = o.id_map;
     crate::union::serve_foreground(
         UnionConfig {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -233,6 +234,79 @@ fn rootless_dropin_honours_redirect_dir_off() {
     fs::rename(mnt.join("fresh"), mnt.join("fresh2")).unwrap();
     fs::rename(mnt.join("a"), mnt.join("a2")).unwrap();
     unmount(&mnt);
+}
+
+#[test]
+fn rootless_dropin_honours_metacopy_off() {
+    if !fuse_usable() {
+        return;
+    }
+    for (flag, placeholder) in [("metacopy=off", false), ("metacopy=on", true)] {
+        let env = TestEnv::new();
+        let (l1, l2, up, work) = layers(&env);
+        let mnt = env.path("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let _g = Guard(mnt.clone());
+        let opts = format!(
+            "lowerdir={}:{},upperdir={},workdir={},{flag}",
+            l1.display(),
+            l2.display(),
+            up.display(),
+            work.display()
+        );
+        run_mount(&dropin(), &opts, &mnt);
+        // chmod and rename of lower files: metadata only, or (metacopy=off) a full copy.
+        fs::set_permissions(mnt.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(mnt.join("keep/k"), mnt.join("k2")).unwrap();
+        assert_eq!(fs::read(mnt.join("a")).unwrap(), b"lower a");
+        assert_eq!(fs::read(mnt.join("k2")).unwrap(), b"k");
+        unmount(&mnt);
+        for (name, content) in [("a", &b"lower a"[..]), ("k2", &b"k"[..])] {
+            let names = xattr_names(&up.join(name));
+            let marked = names.iter().any(|n| n.ends_with("overlay.metacopy"));
+            assert_eq!(marked, placeholder, "{flag}: {name} has {names:?}");
+            if !placeholder {
+                assert_eq!(
+                    fs::read(up.join(name)).unwrap(),
+                    content,
+                    "{flag}: full copy"
+                );
+            }
+        }
+    }
+    let env = TestEnv::new();
+    let (l1, _, up, work) = layers(&env);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},metacopy=maybe",
+        l1.display(),
+        up.display(),
+        work.display()
+    );
+    let out = Command::new(dropin())
+        .args(["-o", &opts])
+        .arg(env.path("nomnt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("metacopy=maybe"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The xattr names of a path (not following symlinks), from `getfattr -d -m -`.
+fn xattr_names(p: &Path) -> Vec<String> {
+    let out = Command::new("getfattr")
+        .args(["-h", "-d", "-m", "-", "--absolute-names"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split('=').next().map(str::to_owned))
+        .collect()
 }
 
 #[test]

@@ -11,8 +11,8 @@
 //! - whiteouts: char devices 0/0, or empty `.wh.NAME` files;
 //! - opaque directories: `trusted.overlay.opaque`/`user.overlay.opaque`/
 //!   `user.fuseoverlayfs.opaque` = `y`, or a `.wh..wh..opq` file inside;
-//! - `user.strata.metacopy=<lower path>` on placeholder files whose data is still the lower's;
-//! - `user.strata.redirect=<lower path>` on renamed lower directories.
+//! - metadata-only files and renamed lower directories: overlayfs's `overlay.metacopy` and
+//!   `overlay.redirect` markers (and strata's older ones), as `crate::marker` reads them.
 //!
 //! Each [`Change`] is Docker's `A`/`C`/`D` plus what a commit needs to write the entry.
 //! [`docker_diff`] turns the list into `docker diff`'s output (parents of A/D as C, sorted).
@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::dirtree::{OPAQUE_MARKER, WHITEOUT_PREFIX, dir_is_opaque, is_whiteout_dev, kind_of};
-use crate::fs::upper::{METACOPY_XATTR, REDIRECT_XATTR};
-use crate::lower::{EntryKind, LowerAttr, LowerTree, NodeId};
+use crate::lower::{EntryKind, LowerAttr, LowerTree, NodeId, Redirect};
+use crate::marker;
 use crate::xattr;
 
 /// Docker's change kinds.
@@ -116,8 +116,8 @@ pub struct Entry {
     /// A directory that must hide everything the image has below it (an opaque upper dir, or a
     /// renamed dir put where the image has a directory).
     pub opaque: bool,
-    /// For a renamed lower directory: its path in the lowers (relative).
-    pub redirect: Option<PathBuf>,
+    /// For a renamed lower directory: where its lower content is (as its marker says).
+    pub redirect: Option<Redirect>,
     /// Set for regular files with several names.
     pub link: Option<LinkKey>,
     /// The entry is in the upper (false: a lower entry inside a renamed directory).
@@ -384,6 +384,18 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// What a redirect in a directory with context `c` points at: an absolute one from the
+    /// lowers' root, a relative one in the directory's lower stack.
+    fn redirect_target(&self, rd: &Redirect, c: &DirCtx<'_>) -> io::Result<Option<Found>> {
+        match rd {
+            Redirect::Absolute(p) => self.lowers.at(p),
+            Redirect::Relative(n) => match c.merge {
+                Some(m) => self.lowers.child(m, n),
+                None => Ok(None),
+            },
+        }
+    }
+
     fn upper_entry(
         &mut self,
         rel: &Path,
@@ -424,15 +436,15 @@ impl Walker<'_> {
         match kind {
             EntryKind::Dir => {
                 let opaque = dir_is_opaque(&abs);
-                let redirect = xattr::get(&abs, REDIRECT_XATTR)
-                    .map_err(|e| ctx(e, "read redirect of", &abs))?
-                    .map(|v| PathBuf::from(OsStr::from_bytes(&v)));
+                let redirect = marker::read(&abs)
+                    .map_err(|e| ctx(e, "read markers of", &abs))?
+                    .redirect;
                 let image_dir = image.as_ref().and_then(Found::dir_stack);
                 let hide = !c.full && image_dir.is_some() && (opaque || redirect.is_some());
                 e.opaque = hide;
                 e.redirect.clone_from(&redirect);
                 let redirected = match (&redirect, opaque) {
-                    (Some(p), false) => self.lowers.at(p)?,
+                    (Some(rd), false) => self.redirect_target(rd, c)?,
                     _ => None,
                 };
                 let merged_here = match c.merge {
@@ -470,11 +482,16 @@ impl Walker<'_> {
             EntryKind::File => {
                 e.size = md.len();
                 e.content = Content::Upper(abs.clone());
-                if let Some(src) = xattr::get(&abs, METACOPY_XATTR)
-                    .map_err(|e| ctx(e, "read metacopy of", &abs))?
-                {
-                    let src = PathBuf::from(OsStr::from_bytes(&src));
-                    match self.lowers.at(&src)? {
+                let marks = marker::read(&abs).map_err(|e| ctx(e, "read markers of", &abs))?;
+                if marks.metacopy {
+                    let rd = marks
+                        .redirect
+                        .unwrap_or_else(|| Redirect::Relative(name.to_owned()));
+                    let src = match &rd {
+                        Redirect::Absolute(p) => p.clone(),
+                        Redirect::Relative(n) => path.with_file_name(n),
+                    };
+                    match self.redirect_target(&rd, c)? {
                         Some(f) if f.kind == EntryKind::File => {
                             e.size = f.attr.size;
                             e.content = Content::Lower {
@@ -798,9 +815,9 @@ mod tests {
             return;
         }
         std::fs::write(up.join("big"), b"").unwrap();
-        xattr::set(&up.join("big"), METACOPY_XATTR, b"big", 0).unwrap();
+        xattr::set(&up.join("big"), b"user.strata.metacopy", b"big", 0).unwrap();
         std::fs::create_dir(up.join("moved")).unwrap();
-        xattr::set(&up.join("moved"), REDIRECT_XATTR, b"src", 0).unwrap();
+        xattr::set(&up.join("moved"), b"user.strata.redirect", b"src", 0).unwrap();
         std::fs::write(up.join("moved/extra"), b"e").unwrap();
         std::fs::write(up.join(".wh.src"), b"").unwrap();
         let lw = lowers();
@@ -838,7 +855,7 @@ mod tests {
         );
         let moved = ch.iter().find(|c| c.path == Path::new("moved")).unwrap();
         let m = moved.entry.as_ref().unwrap();
-        assert_eq!(m.redirect.as_deref(), Some(Path::new("src")));
+        assert_eq!(m.redirect, Some(Redirect::Absolute(PathBuf::from("src"))));
         assert!(!m.opaque, "the image has no 'moved': nothing to hide");
         assert!(m.xattrs.is_empty(), "internal markers are not user xattrs");
     }

@@ -20,7 +20,10 @@ use parking_lot::RwLock;
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 
 use crate::longpath;
-use crate::lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId, bad_node};
+use crate::lower::{
+    DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, Marks, NodeId, bad_node,
+};
+use crate::marker;
 use crate::xattr;
 
 /// Prefix of AUFS-style whiteout files (`.wh.NAME` hides `NAME`).
@@ -93,6 +96,8 @@ struct Interner {
     opaque: HashMap<NodeId, bool>,
     /// Directories read whole (entries and attributes), on first use.
     dirs: HashMap<NodeId, Arc<DirIndex>>,
+    /// Overlay markers of regular files and directories, read once when first asked.
+    marks: HashMap<NodeId, Marks>,
     /// Names of directories whose opacity was asked before they were read whole (a lookup
     /// asks it of every directory it passes): `index` takes them over.
     scans: HashMap<NodeId, Arc<Scan>>,
@@ -250,6 +255,7 @@ impl DirTree {
             }],
             by_inode: HashMap::new(),
             opaque: HashMap::new(),
+            marks: HashMap::new(),
             dirs: HashMap::new(),
             scans: HashMap::new(),
         };
@@ -287,6 +293,16 @@ impl DirTree {
         f: impl FnOnce(BorrowedFd<'_>, &Path) -> io::Result<T>,
     ) -> io::Result<T> {
         longpath::with_at(self.fd.as_fd(), rel, f)
+    }
+
+    /// Calls `f` with a path of `node` for the calls that take a path only (xattrs).
+    fn with_path<T>(&self, node: NodeId, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+        let rel = self.rel(node)?;
+        if rel.as_os_str().len() < longpath::LONG {
+            return f(&self.root.join(rel));
+        }
+        let (_fd, p) = longpath::proc_path(self.fd.as_fd(), &rel)?;
+        f(&p)
     }
 
     /// A new node `name` in `parent`, with its `stat` when known.
@@ -559,12 +575,21 @@ impl LowerTree for DirTree {
     }
 
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let rel = self.rel(node)?;
-        if rel.as_os_str().len() < longpath::LONG {
-            return xattr::all(&self.root.join(rel), true);
+        self.with_path(node, |p| xattr::all(p, true))
+    }
+
+    fn marks(&self, node: NodeId) -> io::Result<Marks> {
+        if let Some(m) = self.nodes.read().marks.get(&node) {
+            return Ok(m.clone());
         }
-        let (_fd, p) = longpath::proc_path(self.fd.as_fd(), &rel)?;
-        xattr::all(&p, true)
+        let kind = self.getattr(node)?.kind;
+        let m = if matches!(kind, EntryKind::File | EntryKind::Dir) {
+            self.with_path(node, marker::read)?
+        } else {
+            Marks::default()
+        };
+        self.nodes.write().marks.insert(node, m.clone());
+        Ok(m)
     }
 }
 

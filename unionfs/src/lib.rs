@@ -8,8 +8,9 @@
 //! `opaque` flags), never as `.wh.` names. Shipped trees: [`IndexTree`] (entries handed over by
 //! the store as plain data, contents read from its content objects, so layers are never
 //! extracted), [`DirTree`] (a plain directory, `lowerdir=`-style; the one place here that parses
-//! `.wh.` spellings) and `testing::MemTree` (feature `test-util`). This crate never depends on
-//! the store or SQLite; the CLI resolves an image to its layers, builds the trees and calls
+//! `.wh.` spellings; it also reports the overlay markers of a directory that was once an
+//! upper, as [`Marks`], which the union follows like overlayfs) and `testing::MemTree` (feature
+//! `test-util`). This crate never depends on the store or SQLite; the CLI resolves an image to its layers, builds the trees and calls
 //! [`spawn`] or [`mount`].
 //!
 //! # Layout
@@ -22,16 +23,18 @@
 //! fuse.rs     fuser adapter (the only file with Reply*) mount.rs  UnionConfig, spawn, mount
 //! error.rs    FsError with an exhaustive errno()      sys.rs     the only unsafe (signals)
 //! idmap.rs    uid/gid shifting (uidmapping=, squash_*), applied by fuse.rs only
+//! marker.rs   overlay.metacopy/redirect spellings   longpath.rs paths deeper than PATH_MAX
 //! ```
 //!
 //! # Upper directory on disk
 //! ```text
 //! upper/            changes at their merged paths
-//!   a/file          copied-up or new file; a metadata-only copy-up is an empty file with
-//!                   user.strata.metacopy=<path in the lowers>
+//!   a/file          copied-up or new file; a metadata-only copy-up is a file of the data's
+//!                   size with no data and overlayfs's marker overlay.metacopy (`trusted.` as
+//!                   root, else `user.`), plus overlay.redirect when the data is elsewhere
 //!   a/gone          whiteout: char device 0/0 (or an empty `.wh.gone` file where mknod fails)
 //!   d/              opaque dir: trusted.overlay.opaque=y (root) or user.overlay.opaque=y
-//!   moved/          renamed lower dir: user.strata.redirect=<path in the lowers>
+//!   moved/          renamed lower dir: overlay.redirect=<name in the parent, or /path>
 //! work/             temp files of copy-ups (strata-tmp-*), emptied at mount
 //! ```
 //!
@@ -58,6 +61,7 @@ pub mod idmap;
 pub mod index;
 mod longpath;
 pub mod lower;
+mod marker;
 mod mount;
 mod sys;
 #[cfg(feature = "test-util")]
@@ -70,5 +74,5 @@ pub use fs::write::{SetAttr, SetTime};
 pub use fs::{Attr, Caller, DirItem, Entry, Fh, FsOptions, Ino, ROOT_INO, StatFs, UnionFs};
 pub use idmap::{IdMap, IdRange};
 pub use index::{IndexEntry, IndexKind, IndexMeta, IndexTree};
-pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, NodeId};
+pub use lower::{DirEntry, DirListing, EntryKind, LowerAttr, LowerTree, Marks, NodeId, Redirect};
 pub use mount::{MountOptions, Session, UnionConfig, UpperDirs, mount, spawn};

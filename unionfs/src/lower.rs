@@ -9,6 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 
 /// Identifies one node inside one lower tree. Only meaningful together with the tree that issued
 /// it. Two names that are hard links of one file in a tree have the same `NodeId`.
@@ -81,6 +82,27 @@ pub struct LowerAttr {
     pub opaque: bool,
 }
 
+/// Where a redirect points, in the layers below the one that has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// A path from the root of the layers below (without the leading `/`).
+    Absolute(PathBuf),
+    /// A name in the parent directory's place in the layers below.
+    Relative(OsString),
+}
+
+/// Overlay markers on a lower node: the layer was once a union's upper directory (layer
+/// rotation), and this node holds only metadata or was renamed there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// A regular file holding metadata only: its data is the file's in the layers below, at
+    /// its own path or at `redirect`.
+    pub metacopy: bool,
+    /// For a directory: merge the layers below at this path instead of the entry's own. For a
+    /// metadata-only file: where its data is.
+    pub redirect: Option<Redirect>,
+}
+
 /// A read-only layer of the union.
 ///
 /// Contract shared by every method: the tree never changes while it is mounted, so equal calls
@@ -121,6 +143,14 @@ pub trait LowerTree: Send + Sync + fmt::Debug {
     /// All extended attributes of a node, as (name, value) pairs, without overlay-internal
     /// markers (`trusted.overlay.*`, `user.overlay.*`, `user.fuseoverlayfs.*`).
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The overlay markers of a regular file or directory (see [`Marks`]): what a union
+    /// that used this tree as its upper wrote. The union asks only of layers that have layers
+    /// below them. Trees that never hold markers (the store's layers) keep the default.
+    fn marks(&self, node: NodeId) -> io::Result<Marks> {
+        let _ = node;
+        Ok(Marks::default())
+    }
 }
 
 /// Xattr name prefixes that belong to overlay implementations, never to the user's data.

@@ -58,6 +58,9 @@ pub struct MountOptions {
     pub ignore_fsync: bool,
     /// Allow renaming directories that have lower content (`redirect_dir=off` clears it).
     pub redirect_dir: bool,
+    /// Metadata-only copy-up of lower files (`metacopy=off` clears it: every copy-up copies
+    /// the data, and no metacopy marker is written).
+    pub metacopy: bool,
     /// The `fsname` shown in `/proc/mounts` (the mount's source).
     pub fs_name: String,
     /// The subtype: the mount's type shows as `fuse.SUBTYPE` in `/proc/mounts`, `df -T` and
@@ -81,6 +84,7 @@ impl Default for MountOptions {
             fsync_copy_up: true,
             ignore_fsync: false,
             redirect_dir: true,
+            metacopy: true,
             fs_name: "strata".into(),
             subtype: Some("strata".into()),
             id_map: IdMap::default(),
@@ -284,6 +288,7 @@ fn prepare(config: UnionConfig, mountpoint: &Path) -> Result<(FuseAdapter, Confi
             fsync_copy_up: config.options.fsync_copy_up,
             writeback_cache: config.options.writeback_cache && !config.options.passthrough,
             redirect_dir: config.options.redirect_dir,
+            metacopy: config.options.metacopy,
             ignore_chown_errors: config.options.id_map.squashed(),
         },
     )?;

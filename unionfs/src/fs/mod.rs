@@ -37,10 +37,11 @@ use parking_lot::{Mutex, RwLock};
 
 pub use self::inode::{Ino, ROOT_INO};
 pub(crate) use self::inode::{InodeTable, LowerRef, NodeState};
-use self::upper::{METACOPY_XATTR, OPAQUE_TRUSTED, OPAQUE_USER, REDIRECT_XATTR, Upper};
+use self::upper::{OPAQUE_TRUSTED, OPAQUE_USER, Upper};
 use crate::dirtree::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_dev, kind_of};
 use crate::error::{FsError, Result};
-use crate::lower::{EntryKind, LowerAttr, LowerTree, is_internal_xattr};
+use crate::lower::{EntryKind, LowerAttr, LowerTree, Marks, Redirect, is_internal_xattr};
+use crate::marker;
 use crate::xattr;
 
 /// A file handle number.
@@ -161,6 +162,9 @@ pub struct FsOptions {
     /// overlayfs's and fuse-overlayfs's `redirect_dir=off`, such a rename fails with `EXDEV`
     /// (and `mv` falls back to copying).
     pub redirect_dir: bool,
+    /// Metadata changes and renames of lower files copy metadata only (a placeholder with the
+    /// `overlay.metacopy` marker). Off, as overlayfs's `metacopy=off`, they copy the data.
+    pub metacopy: bool,
     /// A chown that fails on disk succeeds anyway (fuse-overlayfs does this when ids are
     /// squashed: the owner shown never changes).
     pub ignore_chown_errors: bool,
@@ -172,6 +176,7 @@ impl Default for FsOptions {
             fsync_copy_up: true,
             writeback_cache: false,
             redirect_dir: true,
+            metacopy: true,
             ignore_chown_errors: false,
         }
     }
@@ -234,6 +239,7 @@ pub struct UnionFs {
     euid_root: bool,
     writeback_cache: bool,
     redirect_dir: bool,
+    metacopy: bool,
     ignore_chown_errors: bool,
 }
 
@@ -296,6 +302,7 @@ impl UnionFs {
             euid_root: rustix::process::geteuid().is_root(),
             writeback_cache: options.writeback_cache,
             redirect_dir: options.redirect_dir,
+            metacopy: options.metacopy,
             ignore_chown_errors: options.ignore_chown_errors,
         })
     }
@@ -340,6 +347,11 @@ impl UnionFs {
 
     /// The lower nodes for `name` below the merged lower stack `stack` (top first): dirs merge
     /// down to the first opaque one; a non-dir or a whiteout ends the search.
+    ///
+    /// Markers in lower layers (a layer that was once an upper, see [`crate::Marks`]) are
+    /// followed as kernel overlayfs does: a redirected directory merges the layers below at
+    /// its redirect; a metadata-only file is followed by its data in the layers below, so a
+    /// non-directory's nodes are `[metadata, …, data]` (one node when they are the same).
     fn lower_child(
         &self,
         stack: &[LowerRef],
@@ -347,7 +359,7 @@ impl UnionFs {
     ) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
         let mut out = Vec::new();
         let mut kind = None;
-        for r in stack {
+        for (i, r) in stack.iter().enumerate() {
             let tree = &self.lowers[r.layer];
             let Some(e) = tree.lookup(r.node, name).map_err(FsError::lower(r.layer))? else {
                 continue;
@@ -355,6 +367,15 @@ impl UnionFs {
             let child = LowerRef {
                 layer: r.layer,
                 node: e.node,
+            };
+            // Only a layer with layers below it can point into them.
+            let marks = |k: EntryKind| -> Result<Marks> {
+                if r.layer + 1 < self.lowers.len() && matches!(k, EntryKind::Dir | EntryKind::File)
+                {
+                    tree.marks(e.node).map_err(FsError::lower(r.layer))
+                } else {
+                    Ok(Marks::default())
+                }
             };
             match e.kind {
                 EntryKind::Whiteout => break,
@@ -371,11 +392,28 @@ impl UnionFs {
                     {
                         break;
                     }
+                    if let Some(rd) = marks(EntryKind::Dir)?.redirect {
+                        let (below, k) = self.redirect_target(&stack[i + 1..], r.layer, &rd)?;
+                        if k == Some(EntryKind::Dir) {
+                            out.extend(below);
+                        }
+                        break;
+                    }
                 }
                 k => {
                     if out.is_empty() {
                         kind = Some(k);
                         out.push(child);
+                        let m = marks(k)?;
+                        if m.metacopy {
+                            let (data, dk) = match &m.redirect {
+                                Some(rd) => self.redirect_target(&stack[i + 1..], r.layer, rd)?,
+                                None => self.lower_child(&stack[i + 1..], name)?,
+                            };
+                            if dk == Some(EntryKind::File) {
+                                out.extend(data);
+                            }
+                        }
                     }
                     break;
                 }
@@ -384,17 +422,44 @@ impl UnionFs {
         Ok((out, kind))
     }
 
+    /// Where a redirect found in `layer` points: an absolute one from the roots of the layers
+    /// below `layer`, a relative one in `below` (the parent's stack below `layer`).
+    fn redirect_target(
+        &self,
+        below: &[LowerRef],
+        layer: usize,
+        rd: &Redirect,
+    ) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
+        match rd {
+            Redirect::Absolute(p) => self.lower_at_from(layer + 1, p),
+            Redirect::Relative(n) => self.lower_child(below, n),
+        }
+    }
+
     /// The lower stack at a path of the lower layers (for redirects and metacopy origins).
     fn lower_at(&self, path: &Path) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
+        self.lower_at_from(0, path)
+    }
+
+    /// The stack at `path` in the layers from `first` down.
+    fn lower_at_from(
+        &self,
+        first: usize,
+        path: &Path,
+    ) -> Result<(Vec<LowerRef>, Option<EntryKind>)> {
         let mut stack: Vec<LowerRef> = self
             .lowers
             .iter()
             .enumerate()
+            .skip(first)
             .map(|(layer, t)| LowerRef {
                 layer,
                 node: t.root(),
             })
             .collect();
+        if stack.is_empty() {
+            return Ok((Vec::new(), None));
+        }
         let mut kind = Some(EntryKind::Dir);
         for c in path.components() {
             if kind != Some(EntryKind::Dir) {
@@ -409,7 +474,13 @@ impl UnionFs {
     }
 
     /// Resolves `parent/name` from disk: upper first, then the parent's lower stack.
-    fn resolve(&self, parent: &NodeState, ppath: &Path, name: &OsStr) -> Result<Option<Resolved>> {
+    fn resolve(
+        &self,
+        pino: Ino,
+        parent: &NodeState,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> Result<Option<Resolved>> {
         if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return Ok(None); // marker spelling: never a visible name
         }
@@ -422,7 +493,7 @@ impl UnionFs {
             match up.symlink_metadata() {
                 Ok(md) if is_whiteout_dev(&md) => return Ok(None),
                 Ok(md) => {
-                    return self.resolve_upper(parent, &up, &md, name).map(Some);
+                    return self.resolve_upper(pino, parent, &up, &md, name).map(Some);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(FsError::io("stat", up)(e)),
@@ -466,6 +537,7 @@ impl UnionFs {
 
     fn resolve_upper(
         &self,
+        pino: Ino,
         parent: &NodeState,
         up: &Path,
         md: &std::fs::Metadata,
@@ -481,17 +553,39 @@ impl UnionFs {
             origin: None,
             lower_nlink: None,
         };
+        if !matches!(kind, EntryKind::Dir | EntryKind::File) {
+            return Ok(r);
+        }
+        let parent_lower = || self.lower_path_of(pino);
+        // One llistxattr; values only for marker names.
+        let names = xattr::list(up).unwrap_or_default();
+        let has_y = |n: &[u8]| {
+            names.iter().any(|x| x == n) && matches!(xattr::get(up, n), Ok(Some(v)) if v == b"y")
+        };
+        let marks = marker::from_names(&names, |n| xattr::get(up, n))
+            .map_err(FsError::io("read markers", up))?;
+        // Where a redirect points: the stack there and the path (in the lowers) it names.
+        let target = |rd: &Redirect| -> Result<(Vec<LowerRef>, Option<EntryKind>, PathBuf)> {
+            Ok(match rd {
+                Redirect::Absolute(p) => {
+                    let (stack, k) = self.lower_at(p)?;
+                    (stack, k, p.clone())
+                }
+                Redirect::Relative(n) => {
+                    let (stack, k) = self.lower_child(&parent.lower, n)?;
+                    (stack, k, parent_lower()?.join(n))
+                }
+            })
+        };
         if kind == EntryKind::Dir {
-            let opaque = [OPAQUE_TRUSTED, OPAQUE_USER]
-                .iter()
-                .any(|x| matches!(xattr::get(up, x), Ok(Some(v)) if v == b"y"))
+            let opaque = has_y(OPAQUE_TRUSTED)
+                || has_y(OPAQUE_USER)
                 || up.join(OPAQUE_MARKER).symlink_metadata().is_ok();
             if opaque {
                 return Ok(r);
             }
-            if let Some(redirect) = xattr::get(up, REDIRECT_XATTR).ok().flatten() {
-                let p = PathBuf::from(OsStr::from_bytes(&redirect));
-                let (stack, k) = self.lower_at(&p)?;
+            if let Some(rd) = &marks.redirect {
+                let (stack, k, p) = target(rd)?;
                 if k == Some(EntryKind::Dir) {
                     r.lower = stack;
                 }
@@ -502,15 +596,21 @@ impl UnionFs {
             if k == Some(EntryKind::Dir) {
                 r.lower = stack;
             }
-        } else if kind == EntryKind::File
-            && let Some(origin) = xattr::get(up, METACOPY_XATTR).ok().flatten()
-        {
-            let p = PathBuf::from(OsStr::from_bytes(&origin));
-            let (stack, k) = self.lower_at(&p)?;
+        } else if marks.metacopy {
+            let (stack, k, origin) = match &marks.redirect {
+                Some(rd) => {
+                    let (stack, k, p) = target(rd)?;
+                    (stack, k, Some(p))
+                }
+                None => {
+                    let (stack, k) = self.lower_child(&parent.lower, name)?;
+                    (stack, k, None)
+                }
+            };
             if k == Some(EntryKind::File) {
                 r.metacopy = true;
                 r.lower = stack;
-                r.lower_origin = Some(p);
+                r.lower_origin = origin;
             }
         }
         Ok(r)
@@ -566,7 +666,7 @@ impl UnionFs {
             (s, t.path(parent).ok_or(FsError::StaleInode(parent.0))?)
         };
         let r = self
-            .resolve(&pstate, &ppath, name)?
+            .resolve(parent, &pstate, &ppath, name)?
             .ok_or(FsError::NotFound)?;
         let linked_elsewhere = r.origin.is_some() && !r.upper;
         let ino = self.attach(parent, name, r);
@@ -664,7 +764,7 @@ impl UnionFs {
             };
             let mut a = attr_from_md(ino, &md);
             if s.metacopy
-                && let Some(r) = s.lower.first()
+                && let Some(r) = s.lower.last()
             {
                 let la = self.lower_attr(*r)?;
                 a.size = la.size;
@@ -682,7 +782,13 @@ impl UnionFs {
             return Ok(a);
         }
         let r = s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
-        let la = self.lower_attr(*r)?;
+        let mut la = self.lower_attr(*r)?;
+        if let Some(data) = s.lower.get(1..).and_then(<[LowerRef]>::last)
+            && la.kind == EntryKind::File
+        {
+            // A metadata-only file of a lower layer: its data (and size) is further down.
+            la.size = self.lower_attr(*data)?.size;
+        }
         let t = time(la.mtime, la.mtime_nsec.into());
         Ok(Attr {
             ino,

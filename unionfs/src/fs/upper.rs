@@ -13,14 +13,10 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode};
 use crate::dirtree::{WHITEOUT_PREFIX, is_whiteout_dev};
 use crate::error::{FsError, Result};
 use crate::longpath::{Base, SysPath};
+use crate::lower::Redirect;
+use crate::marker;
 use crate::xattr;
 
-/// Marks an upper file as a metadata-only copy-up; the value is the path (relative, in the lower
-/// layers) whose data the file still uses.
-pub(crate) const METACOPY_XATTR: &[u8] = b"user.strata.metacopy";
-/// Marks an upper directory that was renamed from a lower one; the value is the path (relative,
-/// in the lower layers) whose content it merges.
-pub(crate) const REDIRECT_XATTR: &[u8] = b"user.strata.redirect";
 /// Opaque marker read and written by kernel overlayfs as root.
 pub(crate) const OPAQUE_TRUSTED: &[u8] = b"trusted.overlay.opaque";
 /// Opaque marker kernel overlayfs reads with `userxattr` (rootless).
@@ -208,6 +204,88 @@ impl Upper {
         Ok(())
     }
 
+    /// The metacopy/redirect spelling this upper takes (`trusted.` as root, else `user.`).
+    pub(crate) fn spelling(&self) -> marker::Spelling {
+        if self.user_opaque.load(Ordering::Relaxed) {
+            marker::USER
+        } else {
+            marker::TRUSTED
+        }
+    }
+
+    /// Sets the redirect marker of the entry at `path`. A value the filesystem cannot store
+    /// (no user xattrs, or a path too long for one xattr value) is `EXDEV`, overlayfs's answer
+    /// when it cannot redirect: `mv` then copies.
+    pub(crate) fn set_redirect(&self, path: &Path, r: &Redirect) -> Result<()> {
+        xattr::set(
+            path,
+            self.spelling().redirect,
+            &marker::redirect_value(r),
+            0,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTSUP | libc::ENOSPC | libc::E2BIG | libc::ERANGE) => FsError::Io {
+                op: "set redirect (the upper cannot store it)",
+                path: path.to_path_buf(),
+                source: io::Error::from_raw_os_error(libc::EXDEV),
+            },
+            _ => FsError::io("set redirect", path)(e),
+        })
+    }
+
+    /// Turns the new, empty upper file `f` at `path` into a metadata-only copy of a lower file
+    /// of `size` bytes whose data is at `redirect` (or at its own path): the markers, then the
+    /// size as a hole, as overlayfs writes them. On error the file may hold some markers and
+    /// must get its data (see [`Upper::clear_metacopy`]).
+    pub(crate) fn mark_metacopy(
+        &self,
+        f: &File,
+        path: &Path,
+        size: u64,
+        redirect: Option<&Redirect>,
+    ) -> Result<()> {
+        if let Some(r) = redirect {
+            self.set_redirect(path, r)?;
+        }
+        xattr::set(path, self.spelling().metacopy, b"", 0)
+            .map_err(FsError::io("set metacopy", path))?;
+        f.set_len(size).map_err(FsError::io("truncate", path))
+    }
+
+    /// Removes the metacopy and redirect markers (any spelling) of a file that has its data
+    /// now; the metacopy marker goes first, so a crash leaves a full file, never a placeholder
+    /// that has lost its redirect.
+    pub(crate) fn clear_metacopy(&self, f: &File, path: &Path) -> Result<()> {
+        for name in marker::ALL_METACOPY.iter().chain(&marker::ALL_REDIRECT) {
+            match rustix::fs::fremovexattr(f, OsStr::from_bytes(name)) {
+                // EPERM: a `trusted.` name, which a caller without CAP_SYS_ADMIN can neither
+                // have written nor remove.
+                Ok(())
+                | Err(
+                    rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM,
+                ) => {}
+                Err(e) => return Err(FsError::io("remove marker", path)(e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Upper::clear_metacopy`] by path.
+    pub(crate) fn clear_metacopy_path(&self, path: &Path) -> Result<()> {
+        for name in marker::ALL_METACOPY.iter().chain(&marker::ALL_REDIRECT) {
+            remove_marker(path, name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the redirect marker (any spelling) of the entry at `path`.
+    pub(crate) fn clear_redirect_path(&self, path: &Path) -> Result<()> {
+        for name in marker::ALL_REDIRECT {
+            remove_marker(path, name)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_opaque(&self, path: &Path) -> Result<()> {
         let name = if self.user_opaque.load(Ordering::Relaxed) {
             OPAQUE_USER
@@ -215,6 +293,21 @@ impl Upper {
             OPAQUE_TRUSTED
         };
         xattr::set(path, name, b"y", 0).map_err(FsError::io("set opaque xattr", path))
+    }
+}
+
+fn remove_marker(path: &Path, name: &[u8]) -> Result<()> {
+    match xattr::remove(path, name) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENODATA | libc::ENOTSUP | libc::EPERM)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(FsError::io("remove marker", path)(e)),
     }
 }
 

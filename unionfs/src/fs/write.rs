@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 
-use super::upper::{DataSource, METACOPY_XATTR, REDIRECT_XATTR, copy_data, is_reserved_name};
+use super::upper::{DataSource, copy_data, is_reserved_name};
 use super::{Attr, Caller, Entry, Fh, HandleData, Ino, LowerRef, UnionFs};
 use crate::error::{FsError, Result};
 use crate::longpath::SysPath;
-use crate::lower::{EntryKind, LowerAttr, is_internal_xattr};
+use crate::lower::{EntryKind, LowerAttr, Redirect, is_internal_xattr};
 use crate::xattr;
 
 /// A time for `setattr`.
@@ -201,7 +201,12 @@ impl UnionFs {
         }
         let u = self.upper()?;
         let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
-        let la = self.lower_attr(r)?;
+        // A metadata-only file of a lower layer has its data further down.
+        let data_ref = *s.lower.last().unwrap_or(&r);
+        let mut la = self.lower_attr(r)?;
+        if data_ref != r {
+            la.size = self.lower_attr(data_ref)?.size;
+        }
         if s.upper {
             drop(_g);
             return self.fill(ino, true);
@@ -217,14 +222,23 @@ impl UnionFs {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(FsError::io("create", &tmp))?;
-                if !data && la.size > 0 {
+                if !data && la.size > 0 && self.metacopy {
+                    // A hard-link group's marker is shared by all its names: point it at the
+                    // data from the root (as overlayfs does).
                     let lower_path = self.lower_path_of(ino)?;
-                    metacopy =
-                        xattr::set(&tmp, METACOPY_XATTR, lower_path.as_os_str().as_bytes(), 0)
-                            .is_ok();
+                    let redirect =
+                        self.redirect_for(s.parent, &s.name, &lower_path, la.nlink > 1)?;
+                    metacopy = u
+                        .mark_metacopy(&f, &tmp, la.size, redirect.as_ref())
+                        .is_ok();
+                    if !metacopy {
+                        // No xattrs here (or the redirect does not fit): a full copy.
+                        u.clear_metacopy_path(&tmp)?;
+                        f.set_len(0).map_err(FsError::io("truncate", &tmp))?;
+                    }
                 }
                 if !metacopy {
-                    self.copy_lower_data(r, &f, la.size)?;
+                    self.copy_lower_data(data_ref, &f, la.size)?;
                     if u.fsync {
                         f.sync_all().map_err(FsError::io("fsync", &tmp))?;
                     }
@@ -303,7 +317,7 @@ impl UnionFs {
         if !s.metacopy {
             return Ok(());
         }
-        let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+        let r = *s.lower.last().ok_or(FsError::StaleInode(ino.0))?;
         let la = self.lower_attr(r)?;
         let md = f.metadata().map_err(FsError::io("fstat", &path))?;
         self.copy_lower_data(r, &f, la.size)?;
@@ -325,8 +339,7 @@ impl UnionFs {
             },
         };
         rustix::fs::futimens(&f, &t).map_err(|e| FsError::io("utimens", &path)(e.into()))?;
-        rustix::fs::fremovexattr(&f, METACOPY_XATTR)
-            .map_err(|e| FsError::io("remove marker", &path)(e.into()))?;
+        u.clear_metacopy(&f, &path)?;
         if let Some(n) = self.table.write().get_mut(ino) {
             n.metacopy = false;
             n.lower.clear();
@@ -441,7 +454,7 @@ impl UnionFs {
                 let f = File::open(&p).map_err(FsError::io("open", &p))?;
                 return Ok(self.add_handle(ino, HandleData::Upper(f)));
             }
-            let r = *s.lower.first().ok_or(FsError::StaleInode(ino.0))?;
+            let r = *s.lower.last().ok_or(FsError::StaleInode(ino.0))?;
             return Ok(self.add_handle(
                 ino,
                 HandleData::Lower {
@@ -464,7 +477,7 @@ impl UnionFs {
         let lock = self.copy_lock(ino)?;
         let _g = lock.lock();
         if trunc && self.state(ino)?.metacopy {
-            xattr::remove(&path, METACOPY_XATTR).map_err(FsError::io("remove marker", &path))?;
+            u.clear_metacopy_path(&path)?;
             if let Some(n) = self.table.write().get_mut(ino) {
                 n.metacopy = false;
                 n.lower.clear();
@@ -744,7 +757,14 @@ impl UnionFs {
         }
         let (path, _) = self.prepare_new(new_parent, new_name)?;
         self.copy_up(ino, false)?;
-        let src = self.upper()?.path(&self.path_of(ino)?);
+        let u = self.upper()?;
+        let src = u.path(&self.path_of(ino)?);
+        if self.state(ino)?.metacopy {
+            // The marker is shared by every name from now on: point it at the data from the
+            // root, so each name finds it (as overlayfs does for hard links).
+            let lower = self.lower_path_of(ino)?;
+            u.set_redirect(&src, &Redirect::Absolute(lower))?;
+        }
         std::fs::hard_link(&src, &path).map_err(FsError::io("link", &path))?;
         {
             let mut t = self.table.write();
@@ -914,25 +934,24 @@ impl UnionFs {
         // Where the moved entry's lower content lives; after the move it can no longer be
         // derived from its new parent and name, so it is pinned (`lower_origin`).
         let src_lower_path = self.lower_path_of(src)?;
-        if ss.kind == EntryKind::Dir {
-            if !ss.lower.is_empty() {
-                xattr::set(
-                    &from,
-                    REDIRECT_XATTR,
-                    src_lower_path.as_os_str().as_bytes(),
-                    0,
-                )
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOTSUP) => FsError::Io {
-                        op: "set redirect (the upper has no user xattrs)",
-                        path: from.to_path_buf(),
-                        source: std::io::Error::from_raw_os_error(libc::EXDEV),
-                    },
-                    _ => FsError::io("set redirect", &from)(e),
-                })?;
-            } else if dst_lower_has {
-                u.set_opaque(&from)?;
+        // The moved entry's redirect is written before the move (a crash leaves the old name
+        // with a redirect that still finds its own content): for a directory with lower
+        // content, and for a metadata-only file.
+        let src_now = self.state(src)?;
+        let lower_content = if ss.kind == EntryKind::Dir {
+            !ss.lower.is_empty()
+        } else {
+            src_now.metacopy
+        };
+        if lower_content {
+            let shared = ss.kind != EntryKind::Dir && src_now.nlink.is_some_and(|n| n > 1)
+                || !src_now.aliases.is_empty();
+            match self.redirect_for(new_parent, new_name, &src_lower_path, shared)? {
+                Some(r) => u.set_redirect(&from, &r)?,
+                None => u.clear_redirect_path(&from)?,
             }
+        } else if ss.kind == EntryKind::Dir && dst_lower_has {
+            u.set_opaque(&from)?;
         }
         if let Some(d) = dst
             && self.state(d)?.kind == EntryKind::Dir
@@ -989,8 +1008,7 @@ impl UnionFs {
             let path = u.path(&self.path_of(ino)?);
             if self.state(ino)?.metacopy {
                 // size == 0: the lower data is not needed any more.
-                xattr::remove(&path, METACOPY_XATTR)
-                    .map_err(FsError::io("remove marker", &path))?;
+                u.clear_metacopy_path(&path)?;
                 if let Some(n) = self.table.write().get_mut(ino) {
                     n.metacopy = false;
                     n.lower.clear();
@@ -1060,6 +1078,26 @@ impl UnionFs {
             ..SetAttr::default()
         };
         self.setattr(ino, set, fh).map(Some)
+    }
+
+    /// The redirect that makes an entry at `parent/name` find its lower content at
+    /// `lower_path` (a path in the lowers): none at its own place, a bare name when only the
+    /// name differs, else the path from the root (always, with `absolute`).
+    fn redirect_for(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        lower_path: &Path,
+        absolute: bool,
+    ) -> Result<Option<Redirect>> {
+        let plower = self.lower_path_of(parent)?;
+        if !absolute
+            && lower_path.parent() == Some(plower.as_path())
+            && let Some(n) = lower_path.file_name()
+        {
+            return Ok((n != name).then(|| Redirect::Relative(n.to_owned())));
+        }
+        Ok(Some(Redirect::Absolute(lower_path.to_path_buf())))
     }
 
     /// Removes the name `parent/name` from the table. When that was the inode's last name,
