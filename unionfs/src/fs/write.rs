@@ -763,7 +763,7 @@ impl UnionFs {
             // The marker is shared by every name from now on: point it at the data from the
             // root, so each name finds it (as overlayfs does for hard links).
             let lower = self.lower_path_of(ino)?;
-            u.set_redirect(&src, &Redirect::Absolute(lower))?;
+            self.redirect_file(ino, &src, &Redirect::Absolute(lower))?;
         }
         std::fs::hard_link(&src, &path).map_err(FsError::io("link", &path))?;
         {
@@ -947,7 +947,8 @@ impl UnionFs {
             let shared = ss.kind != EntryKind::Dir && src_now.nlink.is_some_and(|n| n > 1)
                 || !src_now.aliases.is_empty();
             match self.redirect_for(new_parent, new_name, &src_lower_path, shared)? {
-                Some(r) => u.set_redirect(&from, &r)?,
+                Some(r) if ss.kind == EntryKind::Dir => u.set_redirect(&from, &r)?,
+                Some(r) => self.redirect_file(src, &from, &r)?,
                 None => u.clear_redirect_path(&from)?,
             }
         } else if ss.kind == EntryKind::Dir && dst_lower_has {
@@ -1098,6 +1099,15 @@ impl UnionFs {
             return Ok((n != name).then(|| Redirect::Relative(n.to_owned())));
         }
         Ok(Some(Redirect::Absolute(lower_path.to_path_buf())))
+    }
+
+    /// Points the placeholder `ino` (at `path`) at its data with `r`; where the upper cannot
+    /// store that (a path too long for one xattr value), gives it its data instead.
+    fn redirect_file(&self, ino: Ino, path: &Path, r: &Redirect) -> Result<()> {
+        match self.upper()?.set_redirect(path, r) {
+            Ok(()) => Ok(()),
+            Err(_) => self.fill(ino, true),
+        }
     }
 
     /// Removes the name `parent/name` from the table. When that was the inode's last name,

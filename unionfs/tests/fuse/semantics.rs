@@ -856,6 +856,19 @@ fn rootless_paths_beyond_path_max() {
     )
     .write_all(b"deep lower")
     .unwrap();
+    for name in ["other", "third"] {
+        fs::File::from(
+            rustix::fs::openat(
+                &lower_deep,
+                name,
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .unwrap(),
+        )
+        .write_all(name.as_bytes())
+        .unwrap();
+    }
     let m = mount_over(&s, &["l1", "l2"], true);
     let root = fs::File::open(m.path()).unwrap();
     for (tag, what) in [('u', "upper-only"), ('l', "lower (parents copied up)")] {
@@ -925,10 +938,11 @@ fn rootless_paths_beyond_path_max() {
             .collect();
         let mut names = names;
         names.sort();
-        let mut want = vec!["f", "fifo", "sl"];
-        if tag == 'l' {
-            want.insert(2, "lowerfile");
-        }
+        let want = if tag == 'l' {
+            vec!["f", "fifo", "lowerfile", "other", "sl", "third"]
+        } else {
+            vec!["f", "fifo", "sl"]
+        };
         assert_eq!(names, want, "{}", err("readdir"));
     }
     // The lower file 8 KB deep reads, and copies up.
@@ -948,7 +962,44 @@ fn rootless_paths_beyond_path_max() {
         .read_to_string(&mut back)
         .unwrap();
     assert_eq!(back, "deep lower+");
-    drop((d, lf, root));
+    let read_at = |dir: &fs::File, name: &str| {
+        let mut out = String::new();
+        fs::File::from(rustix::fs::openat(dir, name, OFlags::RDONLY, Mode::empty()).unwrap())
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    };
+    // Lower files that deep rename in place, move to the root and get a second name; their
+    // redirect from the root does not fit one xattr value, so those copy their data.
+    rustix::fs::renameat(&d, "other", &d, "other2").expect("rename a deep lower file");
+    assert_eq!(read_at(&d, "other2"), "other");
+    rustix::fs::renameat(&d, "other2", &root, "moved-up").expect("move a deep lower file up");
+    assert_eq!(read_at(&root, "moved-up"), "other");
+    rustix::fs::linkat(&d, "third", &root, "third-link", AtFlags::empty())
+        .expect("link a deep lower file");
+    assert_eq!(read_at(&root, "third-link"), "third");
+    assert_eq!(read_at(&d, "third"), "third");
+    // The deep lower directory renames in place (a relative redirect); moving it 8 KB up
+    // needs a redirect from the root too long to store: EXDEV, as overlayfs answers.
+    let parent = dig(&root, 39, 200, 'l');
+    let last = format!("39{}", "l".repeat(198));
+    rustix::fs::renameat(&parent, last.as_str(), &parent, "renamed")
+        .expect("rename a deep lower dir in place");
+    let renamed = fs::File::from(
+        rustix::fs::openat(
+            &parent,
+            "renamed",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(read_at(&renamed, "lowerfile"), "deep lower+");
+    assert_eq!(
+        rustix::fs::renameat(&parent, "renamed", &root, "dir-up"),
+        Err(rustix::io::Errno::XDEV)
+    );
+    drop((d, lf, root, parent, renamed));
     m.unmount().unwrap();
     // The layer is untouched; the upper holds the copy 8 KB deep.
     let ld = dig(&fs::File::open(s.path("l2")).unwrap(), 40, 200, 'l');
