@@ -15,6 +15,8 @@
 #                                    engine as `strata mount --lower`: plain layer directories)
 #   custom:strata-store              strata mount of the same layers imported into a strata store
 #                                    (entries from the index, contents from the store's objects)
+#   custom:strata-dir-before         with STRATA_BEFORE=DIR (a directory holding another build's
+#                                    strata-overlayfs, e.g. of the last commit): before/after in one run
 # Environment: STRATA (binary, default target/release/strata), UB_ROOT (default /var/tmp/unionbench).
 set -euo pipefail
 
@@ -56,6 +58,12 @@ if "$STRATA" --root "$STORE" inspect unionbench:layers >/dev/null 2>&1; then
     # strata-store reads the store's objects, not the layer dirs: warm those (all of them, for
     # the data workloads) where the bench warms the layer files, so it starts as the others.
     export WARM_CMD_strata_store='if [ "$1" = data ]; then find '"$STORE"'/objects -type f -print0 | xargs -0r cat; fi >/dev/null 2>&1; cat '"$STORE"'/store.db >/dev/null 2>&1; true'
+fi
+if [[ -n ${STRATA_BEFORE:-} ]]; then
+    [[ -x $STRATA_BEFORE/strata-overlayfs ]] || { log "no strata-overlayfs in STRATA_BEFORE=$STRATA_BEFORE"; exit 1; }
+    targets+=(custom:strata-dir-before)
+    export MOUNT_CMD_strata_dir_before="$STRATA_BEFORE/strata-overlayfs -f -o lowerdir={LOWER},upperdir={UPPER},workdir={WORK} {MNT}"
+    export UMOUNT_CMD_strata_dir_before="fusermount3 -u {MNT}"
 fi
 if [[ -x $FOR_RS ]]; then
     targets+=(custom:fuse-overlayfs-rs)
