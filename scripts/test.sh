@@ -11,6 +11,7 @@
 #   1. scripts/check.sh                      fmt, clippy, crate boundaries, rustdoc
 #   2. cargo nextest run --profile ci        all tests, as the caller (root in CI)
 #   3. cargo test --doc                      doc tests (nextest does not run them)
+#   3b. scripts/posix.sh --corners           POSIX corners through the three CLI mount forms (root)
 #   4. tests named rootless_* again, as strata-test through fusermount3, from a nextest archive of the
 #      binaries step 2 built (that user cannot read root's cargo or, wherever the clone is, maybe the tree)
 # scripts/sweep-mounts.sh runs after each suite and on exit, however the script ends. Every step runs even
@@ -193,6 +194,14 @@ step_tests() {
 
 step_doctests() { cargo test --doc --workspace --locked; }
 
+# POSIX corner cases (paths beyond PATH_MAX, 255-byte names, fds of unlinked files) through the three
+# CLI mount forms, with the debug binaries the tests built (scripts/posix.sh --corners; root: it mounts).
+step_posix_corners() {
+    cargo build --locked -p strata --bins
+    POSIX_CHECK=1 STRATA_BIN_DIR="$ROOT/target/debug" "$ROOT/scripts/posix.sh" --corners \
+        --forms strata-overlayfs,strata-mount,strata-container
+}
+
 # A copy of the workspace the test user can read: tests find their data through CARGO_MANIFEST_DIR, which
 # nextest remaps to this copy. target/ and .git/ are left out: the binaries come from the archive.
 copy_sources_for_user() {
@@ -336,6 +345,7 @@ main() {
     run_step tests step_tests
     run_step doctests step_doctests
     if is_root; then
+        run_step posix-corners step_posix_corners
         run_step rootless step_rootless
     fi
 
