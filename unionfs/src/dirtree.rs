@@ -84,6 +84,15 @@ struct Node {
     name: Box<OsStr>,
     /// `stat` result (without `opaque`), read once.
     attr: Option<LowerAttr>,
+    /// Whether its overlay markers were read, and found (then they are in `Interner::marks`).
+    marks: MarkState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkState {
+    Unread,
+    None,
+    Some,
 }
 
 /// The nodes handed out, indexed by id (a directory's entries are made once, when it is read
@@ -96,7 +105,7 @@ struct Interner {
     opaque: HashMap<NodeId, bool>,
     /// Directories read whole (entries and attributes), on first use.
     dirs: HashMap<NodeId, Arc<DirIndex>>,
-    /// Overlay markers of regular files and directories, read once when first asked.
+    /// Overlay markers of the nodes that have some (see `Node::marks`).
     marks: HashMap<NodeId, Marks>,
     /// Names of directories whose opacity was asked before they were read whole (a lookup
     /// asks it of every directory it passes): `index` takes them over.
@@ -252,6 +261,7 @@ impl DirTree {
                 parent: NodeId(0),
                 name: OsStr::new("").into(),
                 attr: None,
+                marks: MarkState::Unread,
             }],
             by_inode: HashMap::new(),
             opaque: HashMap::new(),
@@ -312,6 +322,7 @@ impl DirTree {
             parent,
             name: name.into(),
             attr,
+            marks: MarkState::Unread,
         });
         id
     }
@@ -579,8 +590,16 @@ impl LowerTree for DirTree {
     }
 
     fn marks(&self, node: NodeId) -> io::Result<Marks> {
-        if let Some(m) = self.nodes.read().marks.get(&node) {
-            return Ok(m.clone());
+        {
+            let n = self.nodes.read();
+            match n.nodes.get(node.0 as usize).map(|r| r.marks) {
+                None => return Err(bad_node(node)),
+                Some(MarkState::None) => return Ok(Marks::default()),
+                Some(MarkState::Some) => {
+                    return Ok(n.marks.get(&node).cloned().unwrap_or_default());
+                }
+                Some(MarkState::Unread) => {}
+            }
         }
         let kind = self.getattr(node)?.kind;
         let m = if matches!(kind, EntryKind::File | EntryKind::Dir) {
@@ -588,7 +607,16 @@ impl LowerTree for DirTree {
         } else {
             Marks::default()
         };
-        self.nodes.write().marks.insert(node, m.clone());
+        let mut n = self.nodes.write();
+        let state = if m == Marks::default() {
+            MarkState::None
+        } else {
+            n.marks.insert(node, m.clone());
+            MarkState::Some
+        };
+        if let Some(rec) = n.nodes.get_mut(node.0 as usize) {
+            rec.marks = state;
+        }
         Ok(m)
     }
 }

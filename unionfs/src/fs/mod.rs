@@ -736,7 +736,7 @@ impl UnionFs {
     }
 
     fn attr_of(&self, ino: Ino, s: &NodeState, fh: Option<Fh>) -> Result<Attr> {
-        if s.unlinked && !s.metacopy {
+        if s.unlinked {
             if let Some(h) = self.upper_handle(ino, s, fh)
                 && let HandleData::Upper(f) = &h.data
             {

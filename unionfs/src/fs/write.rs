@@ -972,10 +972,10 @@ impl UnionFs {
         if src_need_wh {
             u.make_whiteout(&prel, name)?;
         }
-        if dst.is_some() {
-            self.detach_name(new_parent, new_name, replaced);
-        }
         let mut t = self.table.write();
+        if dst.is_some() {
+            detach_keeping(&mut t, new_parent, new_name, replaced);
+        }
         t.rename(parent, name, new_parent, new_name);
         if let Some(n) = t.get_mut(src) {
             n.upper = true;
@@ -1114,16 +1114,7 @@ impl UnionFs {
     /// `before` (its attributes just before the removal) is kept for `fstat` and friends
     /// through descriptors still open on it.
     fn detach_name(&self, parent: Ino, name: &OsStr, before: Option<Attr>) {
-        let mut t = self.table.write();
-        if let Some(ino) = t.detach(parent, name)
-            && let Some(n) = t.get_mut(ino)
-            && n.unlinked
-        {
-            n.gone = before.map(|mut a| {
-                a.nlink = 0;
-                Box::new(a)
-            });
-        }
+        detach_keeping(&mut self.table.write(), parent, name, before);
     }
 
     /// `setattr` of an inode with no name left: through an open upper file of it when there
@@ -1202,6 +1193,20 @@ impl UnionFs {
             Some(libc::ENODATA) => FsError::NoXattr,
             _ => FsError::io("removexattr", &path)(e),
         })
+    }
+}
+
+/// Removes the name `parent/name` from the table; when that was the inode's last name, keeps
+/// `before` (its attributes just before the removal, `st_nlink` 0) for descriptors still open.
+fn detach_keeping(t: &mut super::InodeTable, parent: Ino, name: &OsStr, before: Option<Attr>) {
+    if let Some(ino) = t.detach(parent, name)
+        && let Some(n) = t.get_mut(ino)
+        && n.unlinked
+    {
+        n.gone = before.map(|mut a| {
+            a.nlink = 0;
+            Box::new(a)
+        });
     }
 }
 
