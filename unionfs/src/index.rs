@@ -541,6 +541,21 @@ impl Arena {
         }
     }
 
+    /// Overlay markers among a node's xattrs (a layer imported from an overlay upper).
+    pub(crate) fn marks(&self, id: NodeId) -> io::Result<crate::lower::Marks> {
+        let n = self.node(id)?;
+        if n.xattrs.is_empty() {
+            return Ok(crate::lower::Marks::default());
+        }
+        let names: Vec<Vec<u8>> = n.xattrs.iter().map(|(k, _)| k.clone()).collect();
+        crate::marker::from_names(&names, |want| {
+            Ok(n.xattrs
+                .iter()
+                .find(|(k, _)| k == want)
+                .map(|(_, v)| v.clone()))
+        })
+    }
+
     pub(crate) fn xattrs(&self, id: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(self
             .node(id)?
@@ -693,6 +708,9 @@ impl LowerTree for IndexTree {
     }
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.arena.xattrs(node)
+    }
+    fn marks(&self, node: NodeId) -> io::Result<crate::lower::Marks> {
+        self.arena.marks(node)
     }
 }
 

@@ -171,4 +171,7 @@ impl LowerTree for MemTree {
     fn xattrs(&self, node: NodeId) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.xattrs(node)
     }
+    fn marks(&self, node: NodeId) -> io::Result<crate::lower::Marks> {
+        self.inner.marks(node)
+    }
 }

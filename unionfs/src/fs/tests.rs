@@ -419,3 +419,45 @@ fn lower_only_listing_read_to_its_end_is_taken_anew_for_an_old_offset() {
     let fresh: Vec<String> = read(0, usize::MAX).into_iter().map(|x| x.2).collect();
     assert!(fresh.contains(&"0-new".to_owned()));
 }
+
+/// A layer imported from an overlay upper (xattrs kept by the store) is followed like a
+/// `DirTree` one: a metadata-only file reads its data from below, renamed or not.
+#[test]
+fn store_layers_with_overlay_markers_are_followed() {
+    let top = MemTree::builder()
+        .file_with(
+            "moved",
+            &[0u8; 0],
+            0o600,
+            7,
+            7,
+            vec![
+                (b"trusted.overlay.metacopy".to_vec(), Vec::new()),
+                (b"trusted.overlay.redirect".to_vec(), b"shadow".to_vec()),
+            ],
+        )
+        .file_with(
+            "a",
+            &[0u8; 0],
+            0o640,
+            0,
+            0,
+            vec![(b"user.overlay.metacopy".to_vec(), Vec::new())],
+        )
+        .whiteout("shadow")
+        .build();
+    let mut all = vec![top as Arc<dyn LowerTree>];
+    all.extend(layers());
+    let fs = UnionFs::new(all, None, FsOptions::default()).unwrap();
+    let moved = lk(&fs, ROOT_INO, "moved").unwrap().attr;
+    assert_eq!((moved.perm, moved.uid, moved.size), (0o600, 7, 8));
+    assert_eq!(read_all(&fs, moved.ino), b"from top");
+    assert!(lk(&fs, ROOT_INO, "shadow").is_err(), "whited out above");
+    let a = lk(&fs, ROOT_INO, "a").unwrap().attr;
+    assert_eq!((a.perm, a.size), (0o640, 6));
+    assert_eq!(read_all(&fs, a.ino), b"linked");
+    assert!(
+        fs.listxattr(moved.ino).unwrap().is_empty(),
+        "markers are never user xattrs"
+    );
+}
