@@ -140,13 +140,33 @@ impl Globals {
     /// # Errors
     /// The store cannot be opened or created.
     pub fn store(&self) -> Result<layerstore::Store> {
-        layerstore::Store::open(&self.root)
-            .with_context(|| format!("opening the store at {}", self.root.display()))
+        let store = layerstore::Store::open(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))?;
+        announce(&store);
+        Ok(store)
+    }
+
+    /// Opens the store for reading, as a mount does ([`layerstore::Store::open_reader`]).
+    ///
+    /// # Errors
+    /// The store cannot be opened or created.
+    pub fn store_reader(&self) -> Result<layerstore::Store> {
+        let store = layerstore::Store::open_reader(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))?;
+        announce(&store);
+        Ok(store)
     }
 
     /// True when output is JSON.
     pub fn json(&self) -> bool {
         self.format == Format::Json
+    }
+}
+
+/// Prints what opening the store changed about its privacy (once: the store is private after).
+fn announce(store: &layerstore::Store) {
+    if let Some(n) = store.notice() {
+        eprintln!("strata: {n}");
     }
 }
 

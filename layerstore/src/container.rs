@@ -115,6 +115,9 @@ impl Store {
         }
         let hex_id = hex::encode(id);
         let dir = self.containers_dir().join(&hex_id);
+        // Private like the rest of the store; upper/ and work/ below keep the usual mode (the
+        // union's root takes the upper's).
+        crate::privacy::create_private_dir_all(&dir)?;
         for d in [dir.join(UPPER_DIR), dir.join(WORK_DIR)] {
             fs::create_dir_all(&d).ctx("create dir", &d)?;
         }

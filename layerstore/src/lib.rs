@@ -13,6 +13,9 @@
 //! <root>/lock                      flock: writers shared, gc exclusive
 //! ```
 //!
+//! The root and every directory in it are 0700, the store's files 0600 and objects 0400:
+//! other users see image files only through a mount (see [`privacy`]).
+//!
 //! A layer is stored file by file: each regular file's content is one object (so identical
 //! files anywhere are stored once), and the layer's raw tar header blocks are kept in
 //! `layer_entries`, so [`Store::export_layer`] regenerates the tar byte for byte and its DiffID
@@ -41,6 +44,7 @@ pub mod error;
 pub mod image;
 pub mod layer;
 pub mod maint;
+pub mod privacy;
 pub mod reference;
 pub mod tarfmt;
 

@@ -1,4 +1,5 @@
-//! Content-addressed file objects: `objects/sha256/<2 hex>/<64 hex>`, read-only, never changed.
+//! Content-addressed file objects: `objects/sha256/<2 hex>/<64 hex>`, read-only (mode 0400:
+//! the owner's alone), never changed.
 //!
 //! Writing goes through [`Staging`]: contents are written into `tmp/` while being hashed, then
 //! [`Staging::publish`] makes them durable (`syncfs`) *before* renaming them to their final
@@ -11,19 +12,18 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
+use crate::privacy::{FILE_MODE, OBJECT_MODE, create_private_dir_all};
 
 /// Directory of objects under the store root (the algorithm is part of the path, like OCI blobs).
 pub const OBJECTS_DIR: &str = "objects/sha256";
 /// Staging directory under the store root; anything here at exclusive open is crash garbage.
 pub const TMP_DIR: &str = "tmp";
-/// Objects are read-only: nothing may change a file whose name is its hash.
-const OBJECT_MODE: u32 = 0o444;
 /// Contents up to this size are hashed in memory first, so a duplicate is never written.
 pub(crate) const IN_MEMORY_LIMIT: u64 = 8 << 20;
 /// Copy buffer for larger contents.
@@ -123,7 +123,7 @@ impl Objects {
 
     /// Starts a batch of new objects.
     pub(crate) fn staging(&self) -> Result<Staging<'_>> {
-        fs::create_dir_all(&self.tmp).ctx("create dir", &self.tmp)?;
+        create_private_dir_all(&self.tmp)?;
         Ok(Staging {
             objects: self,
             pending: Vec::new(),
@@ -171,6 +171,7 @@ impl Staging<'_> {
         let f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&p)
             .ctx("create", &p)?;
         Ok((f, p))
@@ -248,7 +249,7 @@ impl Staging<'_> {
             if let Some(parent) = dst.parent()
                 && !made.contains(parent)
             {
-                fs::create_dir_all(parent).ctx("create dir", parent)?;
+                create_private_dir_all(parent)?;
                 made.insert(parent.to_path_buf());
             }
             fs::rename(tmp, &dst).ctx("rename", tmp)?;

@@ -1,6 +1,7 @@
 //! The store: one root directory, its index, objects, images and tags.
 
 use std::fs::{self, File};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -11,6 +12,7 @@ use crate::digest::{Digest, chain_ids};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{ImageConfig, now_rfc3339};
 use crate::objects::{Objects, TMP_DIR};
+use crate::privacy::{self, FILE_MODE, create_private_dir_all};
 use crate::reference::ImageRef;
 
 /// The index file under the root.
@@ -21,6 +23,15 @@ pub const LOCK_FILE: &str = "lock";
 pub const CONTAINERS_DIR: &str = "containers";
 /// Directory for pid and socket files of live mounts.
 pub const RUN_DIR: &str = "run";
+/// The directories every store has, made private at open (so nothing made in them later, by
+/// any part of strata, is reachable by other users through a wider directory).
+const LAYOUT_DIRS: &[&str] = &[
+    TMP_DIR,
+    crate::objects::OBJECTS_DIR,
+    crate::blobs::BLOBS_DIR,
+    CONTAINERS_DIR,
+    RUN_DIR,
+];
 
 /// A layer store rooted at one directory.
 #[derive(Debug)]
@@ -29,6 +40,8 @@ pub struct Store {
     db_path: PathBuf,
     conn: Mutex<Connection>,
     objects: Objects,
+    /// What opening changed or could not change about the store's modes (printed once).
+    notice: Option<String>,
 }
 
 /// An advisory lock on the store, released on drop.
@@ -84,27 +97,44 @@ pub enum Removal {
 }
 
 impl Store {
-    /// Opens the store at `root`, creating the directory layout and index if needed.
+    /// Opens the store at `root`, creating the directory layout and index if needed, all
+    /// private to the owner (see `privacy`); a store whose root or index lets other users in
+    /// is made private first, and [`Store::notice`] says so.
     /// When no other process uses the store, leftovers of a crash in `tmp/` are removed.
     ///
     /// # Errors
     /// I/O, an index that cannot be opened or is newer than this program.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [
-            root.to_path_buf(),
-            root.join(TMP_DIR),
-            root.join(crate::objects::OBJECTS_DIR),
-        ] {
-            fs::create_dir_all(&d).ctx("create dir", &d)?;
-        }
+        privacy::create_root(root)?;
         let root = root.canonicalize().ctx("resolve", root)?;
         let db_path = root.join(DB_FILE);
+        let notice =
+            privacy::too_open(&root, &db_path).map(|was| match privacy::tighten(&root, was) {
+                Ok(t) => t.to_string(),
+                Err(e) => privacy::failed(&root, was, &e),
+            });
+        for d in LAYOUT_DIRS {
+            create_private_dir_all(&root.join(d))?;
+        }
+        // SQLite creates the WAL and shared-memory files with the index's mode.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&db_path)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("create", &db_path, e));
+            }
+            _ => {}
+        }
         let conn = db::open(&db_path)?;
         let store = Store {
             objects: Objects::new(&root),
             conn: Mutex::new(conn),
             db_path,
             root,
+            notice,
         };
         if let Some(_x) = store.try_lock_exclusive()? {
             store.clean_tmp()?;
@@ -114,8 +144,8 @@ impl Store {
 
     /// Opens an existing store for reading (what a mount needs): nothing is written, no
     /// directory created, no migration run and `tmp/` left alone, so this costs a few reads.
-    /// A store that does not exist yet or whose schema is not this build's is opened with
-    /// [`Store::open`] instead.
+    /// A store that does not exist yet, whose schema is not this build's or that is not
+    /// private yet is opened with [`Store::open`] instead.
     ///
     /// # Errors
     /// As [`Store::open`].
@@ -124,15 +154,25 @@ impl Store {
             return Store::open(root);
         };
         let db_path = canon.join(DB_FILE);
+        if privacy::too_open(&canon, &db_path).is_some() {
+            return Store::open(root);
+        }
         match db::open_existing(&db_path)? {
             Some(conn) if canon.join(crate::objects::OBJECTS_DIR).is_dir() => Ok(Store {
                 objects: Objects::new(&canon),
                 conn: Mutex::new(conn),
                 db_path,
                 root: canon,
+                notice: None,
             }),
             _ => Store::open(root),
         }
+    }
+
+    /// A message for the user about this store's privacy, set when opening had to make an
+    /// older store private (or could not): print it once.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
     }
 
     /// The root directory.
@@ -151,6 +191,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&p)
             .ctx("open", p)
     }

@@ -401,3 +401,251 @@ fn full_disk_import_fails_cleanly() {
     env.ok(&["import", small.to_str().unwrap(), "small2"]);
     env.fsck_clean();
 }
+
+// --- Privacy: the store is its owner's alone (issue 14, section 1) ---------------------------
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Every path under `dir` with its mode, without entering a container's own tree (`upper/`,
+/// `work/`, `rootfs/`: the container's files keep the modes the container gave them).
+fn store_paths(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+        out.push((p.clone(), mode_of(&p)));
+        let container_tree = p.parent().and_then(|c| c.parent()).is_some_and(|cs| {
+            cs.file_name() == Some(std::ffi::OsStr::new("containers"))
+                && ["upper", "work", "rootfs"]
+                    .iter()
+                    .any(|n| p.file_name() == Some(std::ffi::OsStr::new(n)))
+        });
+        if ft.is_dir() && !container_tree {
+            store_paths(&p, out);
+        }
+    }
+}
+
+/// The object file of `content`.
+fn object_path(env: &TestEnv, content: &[u8]) -> std::path::PathBuf {
+    let hex = sha256_hex(content);
+    env.root().join("objects/sha256").join(&hex[..2]).join(&hex)
+}
+
+/// Asserts the layout's modes: root and directories 0700, objects 0400, other files 0600.
+fn assert_private(root: &std::path::Path) {
+    assert_eq!(mode_of(root), 0o700, "{}", root.display());
+    let mut all = Vec::new();
+    store_paths(root, &mut all);
+    let mut objects = 0;
+    for (p, m) in &all {
+        let rel = p.strip_prefix(root).unwrap();
+        let container_tree = rel.starts_with("containers")
+            && rel.components().count() == 3
+            && ["upper", "work", "rootfs"].iter().any(|n| rel.ends_with(n));
+        if container_tree {
+            continue;
+        }
+        if p.is_dir() {
+            assert_eq!(*m, 0o700, "directory {}", rel.display());
+        } else if rel.starts_with("objects") {
+            assert_eq!(*m, 0o400, "object {}", rel.display());
+            objects += 1;
+        } else {
+            assert_eq!(*m & 0o077, 0, "{} is {m:o}", rel.display());
+        }
+    }
+    assert!(objects > 0, "no object checked");
+    assert_eq!(mode_of(&root.join("store.db")), 0o600);
+    assert_eq!(mode_of(&root.join("lock")), 0o600);
+}
+
+/// `import` and `container create` make a store only its owner can enter: 0700 directories,
+/// 0600 index and lock, 0400 objects (docker keeps its root 0710, podman 0700).
+#[test]
+fn rootless_store_is_private_to_its_owner() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    env.ok(&["container", "create", "--name", "c", "x"]);
+    assert_private(&env.root());
+    let c = std::fs::read_dir(env.root().join("containers"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode_of(&c), 0o700);
+    // The container's own root keeps the usual mode (the union's root takes it).
+    assert_eq!(mode_of(&c.join("upper")), 0o755);
+}
+
+/// Without `--root`, an unprivileged user's store is `~/.local/share/strata`, private too.
+/// (As root the default is /var/lib/strata, which a test must not touch: the rootless rerun of
+/// scripts/test.sh runs this as an unprivileged user.)
+#[test]
+fn rootless_default_store_is_private() {
+    if strata::is_root() {
+        eprintln!("skipped as root: the rootless rerun checks ~/.local/share/strata");
+        return;
+    }
+    let env = TestEnv::new();
+    let home = env.path("home");
+    std::fs::create_dir(&home).unwrap();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    let o = Command::new(strata_bin())
+        .args(["import", f.to_str().unwrap(), "x"])
+        .env("HOME", &home)
+        .env_remove("STRATA_ROOT")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_private(&home.join(".local/share/strata"));
+}
+
+/// The unprivileged user scripts/test.sh creates for the rootless tier, if it exists here.
+fn other_user() -> Option<&'static str> {
+    const USER: &str = "strata-test";
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_TOOLS").is_none(),
+            "user {USER} is missing (scripts/test.sh creates it)"
+        );
+        eprintln!("skipped: needs the user {USER} (scripts/test.sh creates it)");
+        return None;
+    }
+    Some(USER)
+}
+
+/// Runs `cat PATH` as `user`; returns (success, stderr).
+fn cat_as(user: &str, p: &std::path::Path) -> (bool, String) {
+    let o = Command::new("runuser")
+        .args(["-u", user, "--", "cat"])
+        .arg(p)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Another local user reads neither an image's files (here a 0640 `etc/shadow`) from
+/// `objects/` nor containers' settings from `store.db`, even where the directories above the
+/// store let them through, and even when the root was opened up by hand after the fact.
+#[test]
+fn another_user_cannot_read_objects_or_the_index() {
+    if !strata::is_root() {
+        eprintln!("skipped: needs root (runs cat as another user)");
+        return;
+    }
+    let Some(user) = other_user() else { return };
+    let env = TestEnv::new();
+    set_mode(env.dir.path(), 0o755); // only the store's own modes protect it now
+    let shadow = b"root:$y$SECRET-HASH:19000:0:99999:7:::\n";
+    let f = env.write(
+        "r.tar",
+        &files_tar(&[("etc/", b""), ("etc/shadow", shadow)]),
+    );
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    let public = env.write("public.txt", b"anyone may read this\n");
+    set_mode(&public, 0o644);
+    let (ok, err) = cat_as(user, &public);
+    assert!(
+        ok,
+        "control: {user} reads a 0644 file beside the store: {err}"
+    );
+    let obj = object_path(&env, shadow);
+    assert!(obj.is_file());
+    for p in [obj.clone(), env.root().join("store.db")] {
+        let (ok, err) = cat_as(user, &p);
+        assert!(!ok, "{user} read {}", p.display());
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    // A root opened up by hand: the files' own modes still keep others out.
+    set_mode(&env.root(), 0o755);
+    set_mode(&env.root().join("objects"), 0o755);
+    set_mode(&env.root().join("objects/sha256"), 0o755);
+    set_mode(obj.parent().unwrap(), 0o755);
+    for p in [obj, env.root().join("store.db")] {
+        let (ok, err) = cat_as(user, &p);
+        assert!(
+            !ok && err.contains("Permission denied"),
+            "{}: {err}",
+            p.display()
+        );
+    }
+}
+
+/// A store made by an older strata (0755 directories, 0644 index and lock, 0444 objects) is
+/// made private when it is next opened, with one message on stderr; the container's own files
+/// keep their modes, and the next command says nothing.
+#[test]
+fn rootless_open_store_is_made_private_once() {
+    let env = TestEnv::new();
+    let f = env.write("r.tar", &rootfs_tar(""));
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    env.ok(&["container", "create", "--name", "c", "x"]);
+    let root = env.root();
+    let c = std::fs::read_dir(root.join("containers"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::create_dir(c.join("bundle")).unwrap();
+    std::fs::write(
+        c.join("bundle/config.json"),
+        b"{\"env\":[\"DB_PASSWORD=x\"]}",
+    )
+    .unwrap();
+    std::fs::write(c.join("upper/kept.txt"), b"the container's file").unwrap();
+    set_mode(&c.join("upper/kept.txt"), 0o644);
+    // What an older strata left.
+    let mut all = Vec::new();
+    store_paths(&root, &mut all);
+    for (p, _) in &all {
+        let rel = p.strip_prefix(&root).unwrap();
+        let m = if p.is_dir() {
+            0o755
+        } else if rel.starts_with("objects") {
+            0o444
+        } else {
+            0o644
+        };
+        set_mode(p, m);
+    }
+    set_mode(&root, 0o755);
+
+    let o = env.cmd().args(["images"]).output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("made it private").count(), 1, "{err}");
+    assert!(err.contains("mode 0755"), "{err}");
+    assert_private(&root);
+    assert_eq!(mode_of(&c.join("bundle/config.json")), 0o600);
+    assert_eq!(mode_of(&c.join("upper/kept.txt")), 0o644);
+    assert_eq!(mode_of(&c.join("upper")), 0o755);
+
+    let o = env.cmd().args(["images"]).output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "", "said once only");
+    env.fsck_clean();
+}

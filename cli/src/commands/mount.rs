@@ -75,8 +75,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                 return spawn_background(&crate::union::run_dir(&g.root))
                     .map(|()| ExitCode::SUCCESS);
             }
-            let store = layerstore::Store::open_reader(&g.root)
-                .with_context(|| format!("opening the store at {}", g.root.display()))?;
+            let store = g.store_reader()?;
             let img = store.resolve_image(&name)?;
             let mut dirs = vec![store.root()];
             dirs.extend(a.upper.as_deref());
