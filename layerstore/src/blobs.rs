@@ -556,12 +556,14 @@ impl Store {
         self.root().join(BLOBS_DIR).join(d.hex())
     }
 
-    /// Whether the layer is in the store.
+    /// Whether the layer is in the store. Under an active lease ([`Store::lease`]) a stored
+    /// layer is held too, in the same transaction: a writer that skips a layer it finds here
+    /// can rely on it staying until its image references it.
     ///
     /// # Errors
     /// Index errors.
     pub fn has_layer(&self, diff_id: &Digest) -> Result<bool> {
-        Ok(self.layer_id(diff_id)?.is_some())
+        self.hold_layers(std::slice::from_ref(diff_id))
     }
 
     /// The compressed forms recorded for a layer: kept ones first, then regenerable ones.
@@ -754,6 +756,8 @@ impl Store {
                 expected.digest, expected.media_type
             ))
         })?;
+        // From the blob's temp file in `tmp/` to its row: `gc` would take the file for garbage.
+        let _lock = self.lock_shared()?;
         let copy = if keep {
             let p = tmp_name(self.root(), "blob");
             let f = fs::OpenOptions::new()

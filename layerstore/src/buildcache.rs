@@ -48,7 +48,11 @@ impl Store {
             return Ok(None);
         };
         let diff_id = diff_id.map(|b| Digest::from_bytes(&b)).transpose()?;
-        if !self.config_layers_stored(&config)? {
+        // Under the active lease (a build's) the hit's layers are held as they are checked.
+        let Ok(cfg) = ImageConfig::parse(&config) else {
+            return Ok(None);
+        };
+        if !self.hold_layers(&cfg.rootfs.diff_ids)? {
             return Ok(None);
         }
         self.with_tx(|tx| {

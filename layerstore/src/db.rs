@@ -132,6 +132,28 @@ const MIGRATIONS: &[&str] = &[
         dev_major, dev_minor, object
     );
     "#,
+    // 6: leases (`lease.rs`): what a running process holds so that `gc` keeps it until an image
+    // references it. `lease_refs.digest` is no foreign key: it names a layer, object or image by
+    // digest whatever becomes of the row, and goes with its lease.
+    r#"
+    CREATE TABLE leases (
+        id      INTEGER PRIMARY KEY,
+        pid     INTEGER NOT NULL,         -- the holder
+        start   INTEGER NOT NULL,         -- its start time (field 22 of /proc/PID/stat)
+        boot_id TEXT NOT NULL,            -- /proc/sys/kernel/random/boot_id
+        pid_ns  INTEGER NOT NULL,         -- inode of its pid namespace, 0 when unknown
+        label   TEXT NOT NULL,            -- what took it: pull, import, mount, ...
+        created TEXT NOT NULL
+    );
+
+    CREATE TABLE lease_refs (
+        lease  INTEGER NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+        kind   INTEGER NOT NULL,          -- 0 layer (digest = DiffID), 1 object, 2 image
+        digest BLOB NOT NULL,
+        PRIMARY KEY (lease, kind, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX lease_refs_digest ON lease_refs(kind, digest);
+    "#,
 ];
 
 /// Newest schema version this build knows.

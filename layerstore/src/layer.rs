@@ -565,7 +565,8 @@ impl Store {
             existed,
             compression,
         };
-        if self.layer_id(&diff_id)?.is_some() {
+        // A stored layer is held by the active lease (if any) in the transaction that finds it.
+        if self.hold_layers(&[diff_id])? {
             return Ok(info(true));
         }
         staging.publish()?;
@@ -573,7 +574,12 @@ impl Store {
         // touches (random object digests): it spilled pages to the WAL mid-transaction, over
         // and over (seconds for a 20k-file layer). The cache grows only as pages are used.
         self.with_conn(|c| c.pragma_update(None, "cache_size", -INDEX_CACHE_KIB))?;
+        let lease = self.active_lease_id();
         let existed = self.with_tx(|tx| {
+            let hold = |tx: &rusqlite::Transaction<'_>| match lease {
+                Some(l) => crate::lease::hold_in_tx(tx, l, crate::lease::KIND_LAYER, &diff_id),
+                None => Ok(true),
+            };
             if tx
                 .query_row("SELECT id FROM layers WHERE diff_id = ?1", [diff_id.bytes()], |r| {
                     r.get::<_, i64>(0)
@@ -581,7 +587,7 @@ impl Store {
                 .optional()?
                 .is_some()
             {
-                return Ok(true); // another process committed it meanwhile
+                return hold(tx); // another process committed it meanwhile
             }
             tx.execute(
                 "INSERT INTO layers (diff_id, tar_size, entries, trailer, created) \
@@ -625,6 +631,7 @@ impl Store {
                     xat.execute(params![layer, seq as i64, name, value])?;
                 }
             }
+            hold(tx)?;
             Ok(false)
         })?;
         Ok(info(existed))

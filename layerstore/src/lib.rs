@@ -33,6 +33,10 @@
 //! SQLite serialises transactions (WAL, busy timeout). Writers (ingest, add_image) hold the
 //! lock file shared while they run; `gc` holds it exclusively, so it never deletes an object
 //! that an import in progress has found and is about to reference.
+//!
+//! Between those steps (a layer ingested, not yet in an image; an image a mount reads) what a
+//! process uses is held by a lease ([`lease`]): `gc` removes nothing a live lease holds, and a
+//! lease expires when its process is gone.
 
 pub mod archive;
 pub mod blobs;
@@ -43,6 +47,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod lease;
 pub mod maint;
 pub mod privacy;
 pub mod reference;
@@ -57,6 +62,7 @@ pub use digest::{Digest, chain_ids};
 pub use error::{Error, Result};
 pub use image::{History, ImageConfig, RunConfig};
 pub use layer::{Compression, LayerEntry, LayerInfo};
+pub use lease::{Holder, Lease, LeaseInfo};
 pub use maint::{DfReport, FsckReport, GcReport, ImageUsage, Problem};
 pub use objects::Objects;
 pub use reference::ImageRef;

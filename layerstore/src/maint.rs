@@ -29,6 +29,8 @@ pub struct GcReport {
     pub blob_bytes: u64,
     /// Build-cache entries whose result is gone.
     pub build_cache: u64,
+    /// Leases whose process is gone (deleted, unless `dry_run`).
+    pub expired_leases: u64,
 }
 
 /// A problem `fsck` found.
@@ -106,8 +108,11 @@ fn query_digests(store: &Store, sql: &str) -> Result<Vec<Digest>> {
 }
 
 impl Store {
-    /// Removes layers no image uses, objects no layer uses, and temp files. Takes the store
-    /// lock exclusively, so it waits for running imports.
+    /// Removes layers no image uses and no live lease holds, objects no remaining layer uses
+    /// and no lease holds, temp files, and the leases of processes that are gone. Takes the
+    /// store lock exclusively, so it waits for running imports; decides and deletes the rows
+    /// in one write transaction, so a lease taken meanwhile either is seen or finds only what
+    /// stays (see [`crate::lease`]).
     ///
     /// # Errors
     /// I/O, a damaged index.
@@ -117,17 +122,48 @@ impl Store {
             dry_run,
             ..Default::default()
         };
-        const UNUSED_LAYERS: &str =
-            "SELECT diff_id FROM layers WHERE id NOT IN (SELECT layer FROM image_layers)";
-        report.layers = query_digests(self, UNUSED_LAYERS)?;
-        // Objects referenced by layers that stay.
-        let keep: HashSet<Digest> = query_digests(
-            self,
-            "SELECT DISTINCT object FROM layer_entries WHERE object IS NOT NULL AND layer IN \
-             (SELECT layer FROM image_layers)",
-        )?
-        .into_iter()
-        .collect();
+        // Objects referenced by layers that stay, or held by a lease.
+        let (layers, keep, expired) = self.with_tx(|tx| {
+            let expired = crate::lease::gc_roots(tx, dry_run)?;
+            let digests = |sql: &str| -> rusqlite::Result<Vec<Vec<u8>>> {
+                let mut st = tx.prepare(sql)?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect()
+            };
+            let layers = digests(
+                "SELECT diff_id FROM layers WHERE id NOT IN (SELECT id FROM temp.gc_kept_layers)",
+            )?;
+            let keep = digests(&format!(
+                "SELECT DISTINCT object FROM layer_entries WHERE object IS NOT NULL AND layer IN \
+                 (SELECT id FROM temp.gc_kept_layers) \
+                 UNION SELECT digest FROM lease_refs WHERE kind = {} AND lease IN \
+                 (SELECT id FROM temp.gc_live_leases)",
+                crate::lease::KIND_OBJECT
+            ))?;
+            if !dry_run {
+                // Index first, files after: a crash in between leaves only unreferenced files.
+                tx.execute(
+                    "DELETE FROM layers WHERE id NOT IN (SELECT id FROM temp.gc_kept_layers)",
+                    [],
+                )?;
+                tx.execute(
+                    "DELETE FROM objects WHERE digest NOT IN \
+                     (SELECT object FROM layer_entries WHERE object IS NOT NULL) \
+                     AND digest NOT IN (SELECT digest FROM lease_refs WHERE kind = ?1)",
+                    [crate::lease::KIND_OBJECT],
+                )?;
+            }
+            Ok((layers, keep, expired))
+        })?;
+        report.expired_leases = expired;
+        report.layers = layers
+            .iter()
+            .map(|b| Digest::from_bytes(b))
+            .collect::<Result<_>>()?;
+        let keep: HashSet<Digest> = keep
+            .iter()
+            .filter_map(|b| Digest::from_bytes(b).ok())
+            .collect();
         let on_disk = self.objects().list()?;
         let doomed: Vec<_> = on_disk.iter().filter(|(d, _)| !keep.contains(d)).collect();
         for (_, p) in &doomed {
@@ -145,19 +181,6 @@ impl Store {
             report.build_cache = self.gc_build_cache(true)?;
             return Ok(report);
         }
-        // Index first, files after: a crash in between leaves only unreferenced files.
-        self.with_tx(|tx| {
-            tx.execute(
-                "DELETE FROM layers WHERE id NOT IN (SELECT layer FROM image_layers)",
-                [],
-            )?;
-            tx.execute(
-                "DELETE FROM objects WHERE digest NOT IN \
-                 (SELECT object FROM layer_entries WHERE object IS NOT NULL)",
-                [],
-            )?;
-            Ok(())
-        })?;
         for (_, p) in doomed {
             match fs::remove_file(p) {
                 Ok(()) => {}

@@ -40,6 +40,8 @@ pub struct Store {
     db_path: PathBuf,
     conn: Mutex<Connection>,
     objects: Objects,
+    /// The lease this store's writes are added to (see [`Store::lease`]).
+    pub(crate) active_lease: crate::lease::ActiveLease,
     /// What opening changed or could not change about the store's modes (printed once).
     notice: Option<String>,
 }
@@ -135,6 +137,7 @@ impl Store {
             db_path,
             root,
             notice,
+            active_lease: Default::default(),
         };
         if let Some(_x) = store.try_lock_exclusive()? {
             store.clean_tmp()?;
@@ -164,6 +167,7 @@ impl Store {
                 db_path,
                 root: canon,
                 notice: None,
+                active_lease: Default::default(),
             }),
             _ => Store::open(root),
         }

@@ -1009,12 +1009,18 @@ impl Store {
             // Best effort: the original error matters more than a failed cleanup (gc would
             // remove these layers too).
             let _ = self.with_tx(|tx| {
+                // Not a layer another process holds (it found this one meanwhile).
                 let mut st = tx.prepare(
                     "DELETE FROM layers WHERE diff_id = ?1 AND id NOT IN \
-                     (SELECT layer FROM image_layers)",
+                     (SELECT layer FROM image_layers) AND diff_id NOT IN \
+                     (SELECT digest FROM lease_refs WHERE kind = ?2 AND lease IS NOT ?3)",
                 )?;
                 for d in created {
-                    st.execute([d.bytes()])?;
+                    st.execute(rusqlite::params![
+                        d.bytes(),
+                        crate::lease::KIND_LAYER,
+                        self.active_lease_id()
+                    ])?;
                 }
                 Ok(())
             });
