@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use layerstore::layer::LayerEntryRef;
-use layerstore::{Digest, EntryKind, ImageConfig, ImageRecord, Objects, Store};
+use layerstore::{Digest, EntryKind, ImageConfig, ImageRecord, Lease, Objects, Store};
 use unionfs::index::IndexMeta;
 use unionfs::{IndexKind, IndexTree, LowerTree, MountOptions, UnionConfig};
 
@@ -255,6 +255,24 @@ pub fn image_lowers(store: &Store, image: &ImageRecord) -> Result<Vec<Arc<dyn Lo
             .map(|t| Arc::new(t) as Arc<dyn LowerTree>)
             .collect()),
     }
+}
+
+/// Holds an image's layers for the life of a mount: `rmi` may remove the image meanwhile, but
+/// `gc` keeps every layer and object the mount reads until the lease is dropped or this
+/// process ends. Take it before [`image_lowers`] reads the layers, and keep it (it derefs to
+/// the store it holds) until the mount is gone.
+///
+/// # Errors
+/// The image was removed since it was resolved, index errors.
+pub fn lease_image<S: std::ops::Deref<Target = Store>>(
+    store: S,
+    image: &ImageRecord,
+) -> Result<Lease<S>> {
+    let lease = Lease::new(store, "mount").context("taking a lease on the image")?;
+    if !lease.add_image(&image.id)? {
+        bail!("image {} was removed meanwhile", image.id);
+    }
+    Ok(lease)
 }
 
 /// Mount options for CLI mounts: long kernel caching of the immutable lowers; FUSE passthrough

@@ -29,7 +29,7 @@ fn have(bin: &str) -> bool {
 }
 
 /// False (and a note) when `docker-registry` is missing and not required.
-fn registry_available() -> bool {
+pub(crate) fn registry_available() -> bool {
     if Path::new(REGISTRY_BIN).exists() {
         return true;
     }
@@ -50,14 +50,14 @@ fn free_port() -> u16 {
 }
 
 /// A `docker-registry serve` on 127.0.0.1 with its own root; killed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start(htpasswd: Option<&str>, tls: Option<(&Path, &Path)>) -> Registry {
+    pub(crate) fn start(htpasswd: Option<&str>, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("strata-test-reg-")
             .tempdir()
@@ -102,7 +102,7 @@ impl Registry {
         }
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }

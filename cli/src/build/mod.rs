@@ -376,6 +376,8 @@ impl Run<'_> {
                     s.from.line
                 )
             })?;
+            // The build's lease holds its layers: an `rmi` meanwhile cannot take them away.
+            self.store.hold_image(&rec.id)?;
             (rec.config.clone(), Some(rec.id))
         };
         let mut cfg = ImageConfig::parse(&bytes)
@@ -624,6 +626,7 @@ impl Run<'_> {
         let rec = self.store.resolve_image(name).with_context(|| {
             format!("--from={name}: no stage of that name, and no such image in the store")
         })?;
+        self.store.hold_image(&rec.id)?;
         ImageView::open(self.store, &rec.config)
     }
 

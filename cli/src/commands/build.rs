@@ -93,6 +93,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     rustix::stdio::dup2_stdout(std::io::stderr().as_fd())
         .context("sending build output to stderr")?;
     let store = g.store()?;
+    // Holds base images, cache hits and new layers until the image is recorded and tagged.
+    let _lease = store.lease("build")?;
     let outcome = crate::build::build(g, &store, &opts)?;
     let mut named = Vec::new();
     for r in &tags {

@@ -57,6 +57,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         change::apply(&mut probe, c)?;
     }
     let store = g.store()?;
+    // Holds the new layer and the parent's layers until the image is recorded.
+    let _lease = store.lease("commit")?;
     let ctr = store.resolve_container(&a.container)?;
     if let Some(s) = RunState::list(&g.root)
         .into_iter()
@@ -73,6 +75,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     let parent = store
         .resolve_image(&ctr.image.to_string())
         .with_context(|| format!("the image of container {}", ctr.name))?;
+    store.hold_image(&parent.id)?;
     let mut cfg = ImageConfig::parse(&parent.config)
         .with_context(|| format!("the config of image {}", parent.id))?;
     let entries = container_entries(&store, &ctr, &parent, g.verbose)?;

@@ -8,7 +8,8 @@ use crate::Globals;
 use crate::output::{human_size, print_json};
 
 /// Remove layers no image uses, file objects no layer uses, and leftovers of interrupted
-/// writes. Waits for running imports.
+/// writes. Keeps what running commands and mounts hold (their leases); waits for running
+/// imports.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only report what would be removed.
@@ -42,5 +43,12 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         human_size(rep.bytes),
         rep.tmp_files
     );
+    if rep.expired_leases > 0 {
+        // Leases of processes that died (kill -9, a crash) held what they had written.
+        println!(
+            "{verb} {} leases of processes that are gone",
+            rep.expired_leases
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         change::apply(cfg.run_config_mut(), c)?;
     }
     let store = g.store()?;
+    // Holds the layer from its ingest until the image is recorded (gc may run meanwhile).
+    let _lease = store.lease("import")?;
     let (input, len): (Box<dyn Read>, Option<u64>) = if a.file == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {

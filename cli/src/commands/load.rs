@@ -34,6 +34,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         platform: a.platform.as_deref().map(Platform::parse).transpose()?,
     };
     let store = g.store()?;
+    // Holds the layers from their ingest until the images are recorded (gc may run meanwhile).
+    let _lease = store.lease("load")?;
     let report = match &a.input {
         Some(p) if p.is_dir() => {
             let bar = bytes_bar(g, None, "loading");

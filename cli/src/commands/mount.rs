@@ -9,7 +9,8 @@ use unionfs::{DirTree, LowerTree, MountOptions, UnionConfig, UpperDirs};
 
 use crate::Globals;
 use crate::union::{
-    RunState, check_mountpoint, cli_mount_options, image_lowers, serve_foreground, spawn_background,
+    RunState, check_mountpoint, cli_mount_options, image_lowers, lease_image, serve_foreground,
+    spawn_background,
 };
 
 /// Mount an image's rootfs read-only at DIR (no container needed), or plain directories with
@@ -65,6 +66,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     } else {
         cli_mount_options("strata")
     };
+    // The image's lease, held (with the store) until the mount ends.
+    let mut lease = None;
     let (lowers, upper, label, mnt): (Vec<Arc<dyn LowerTree>>, _, String, _) = match image {
         Some(name) => {
             // The background process checks the image and the mountpoint itself and its errors
@@ -86,8 +89,9 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                 return spawn_background(&crate::union::run_dir(&g.root))
                     .map(|()| ExitCode::SUCCESS);
             }
-            let lowers = image_lowers(&store, &img)?;
-            drop(store);
+            let held = lease_image(Box::new(store), &img)?;
+            let lowers = image_lowers(&held, &img)?;
+            lease = Some(held);
             let upper = a
                 .upper
                 .clone()
@@ -138,6 +142,9 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         &mnt,
         state.as_ref(),
     )?;
+    if let Some(l) = lease {
+        l.release()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

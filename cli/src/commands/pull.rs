@@ -50,6 +50,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         keep_blobs: !a.no_keep_blobs,
     };
     let store = g.store()?;
+    // Holds every layer pulled or found stored until the image is recorded and tagged.
+    let _lease = store.lease("pull")?;
     let client = Client::new(r.registry(), &a.tls.options(g)?)?;
     let show = !g.json() && !g.quiet;
     if show {
