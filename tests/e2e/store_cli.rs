@@ -649,3 +649,97 @@ fn rootless_open_store_is_made_private_once() {
     assert_eq!(String::from_utf8_lossy(&o.stderr), "", "said once only");
     env.fsck_clean();
 }
+
+// --- Credentials: auth.json under a lock -----------------------------------------------------
+
+/// Forwards each connection on a new 127.0.0.1 port to `to`, so one registry answers under
+/// many `host:port` names (each its own auths key). Threads end with the test process.
+fn forward_port(to: u16) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { return };
+            let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
+}
+
+/// 20 `strata login`s at once, to one htpasswd docker-registry under 20 names: every entry
+/// lands in auth.json (without the lock, concurrent read-modify-writes lost entries), the file
+/// stays 0600 and its directory 0700; then 20 concurrent logouts remove them all.
+#[test]
+fn concurrent_logins_all_land_in_auth_json() {
+    use crate::registry_cli::{Registry, registry_available};
+    if !registry_available() {
+        return;
+    }
+    let env = TestEnv::new();
+    let pw = env.path("htpasswd");
+    let o = Command::new("htpasswd")
+        .args(["-Bbc", pw.to_str().unwrap(), "alice", "s3cret"])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by scripts/test.sh");
+    assert!(o.status.success());
+    let reg = Registry::start(Some(pw.to_str().unwrap()), None);
+    let port: u16 = reg.host().rsplit(':').next().unwrap().parse().unwrap();
+    let hosts: Vec<String> = (0..20)
+        .map(|_| format!("127.0.0.1:{}", forward_port(port)))
+        .collect();
+    let home = env.path("home");
+    std::fs::create_dir(&home).unwrap();
+    let spawn = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.args(args)
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+        child
+    };
+    let children: Vec<_> = hosts
+        .iter()
+        .map(|h| spawn(&["login", h, "-u", "alice", "--password-stdin"]))
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let auth = home.join(".config/strata/auth.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth).unwrap()).unwrap();
+    let auths = doc["auths"].as_object().unwrap();
+    for h in &hosts {
+        assert_eq!(
+            auths[h]["auth"], "YWxpY2U6czNjcmV0",
+            "{h} is missing: {doc}"
+        );
+    }
+    assert_eq!(auths.len(), hosts.len(), "{doc}");
+    assert_eq!(mode_of(&auth), 0o600);
+    assert_eq!(mode_of(auth.parent().unwrap()), 0o700);
+
+    let children: Vec<_> = hosts.iter().map(|h| spawn(&["logout", h])).collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth).unwrap()).unwrap();
+    assert_eq!(doc["auths"].as_object().unwrap().len(), 0, "{doc}");
+    assert_eq!(mode_of(&auth), 0o600);
+}

@@ -3,7 +3,9 @@
 //! strata's own file is `$XDG_CONFIG_HOME/strata/auth.json` (default `~/.config/strata/`),
 //! in the `{"auths":{"<host>":{"auth":"<base64(user:password)>"}}}` format Docker and the
 //! containers tools share; it is written atomically (temp file, fsync, rename) with mode 0600,
-//! and other keys in it are kept. Lookups also read `$REGISTRY_AUTH_FILE`, containers'
+//! in a directory of mode 0700, and other keys in it are kept. Every change is a
+//! read-modify-write under an exclusive `flock` of `auth.json.lock` beside it, so concurrent
+//! `login`s and `logout`s all land (without it one of two concurrent logins was lost). Lookups also read `$REGISTRY_AUTH_FILE`, containers'
 //! `$XDG_RUNTIME_DIR/containers/auth.json` and Docker's `$DOCKER_CONFIG/config.json`
 //! (default `~/.docker/config.json`), in that order after our own file. Keys may be a bare
 //! host, a URL (`https://host/v1/`) or, for Docker Hub, `https://index.docker.io/v1/`.
@@ -11,7 +13,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -22,8 +24,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 pub const DOCKER_HUB: &str = "docker.io";
 /// The key Docker's `config.json` uses for Docker Hub.
 pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
-/// Mode of the credentials file: it holds passwords.
+/// Mode of the credentials file (and its lock file): it holds passwords.
 const AUTH_FILE_MODE: u32 = 0o600;
+/// Mode of strata's config directory when strata creates it: only its owner lists it.
+const AUTH_DIR_MODE: u32 = 0o700;
+/// Suffix of the lock file beside the credentials file (`auth.json.lock`).
+const LOCK_SUFFIX: &str = ".lock";
 
 /// A user name and password (or token).
 #[derive(Clone, PartialEq, Eq)]
@@ -164,11 +170,53 @@ fn read_doc(p: &Path) -> Result<serde_json::Value> {
     }
 }
 
+/// Creates the credentials file's directory: parents as usual, the directory itself 0700.
+fn create_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(AUTH_DIR_MODE).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r.with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+/// Runs `change` on the credentials file's document under an exclusive lock, and writes the
+/// result when `change` returns true: no other strata reads the file between the read and the
+/// write, so concurrent changes all land. Returns what `change` returned.
+fn update(p: &Path, change: impl FnOnce(&mut serde_json::Value) -> Result<bool>) -> Result<bool> {
+    let dir = p
+        .parent()
+        .context("credentials file has no parent directory")?;
+    create_dir(dir)?;
+    let mut lock_name = p.as_os_str().to_owned();
+    lock_name.push(LOCK_SUFFIX);
+    let lock_path = PathBuf::from(lock_name);
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(AUTH_FILE_MODE)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let mut doc = read_doc(p)?;
+    let changed = change(&mut doc)?;
+    if changed {
+        write_doc(p, &doc)?;
+    }
+    drop(lock); // closing the file releases the lock
+    Ok(changed)
+}
+
 fn write_doc(p: &Path, doc: &serde_json::Value) -> Result<()> {
     let dir = p
         .parent()
         .context("credentials file has no parent directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".auth.json.{}", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -201,19 +249,20 @@ fn write_doc(p: &Path, doc: &serde_json::Value) -> Result<()> {
 /// I/O, an existing file that is not JSON.
 pub fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
     let p = auth_file()?;
-    let mut doc = read_doc(&p)?;
-    let obj = doc
-        .as_object_mut()
-        .with_context(|| format!("{} is not a JSON object; fix or remove it", p.display()))?;
-    let auths = obj
-        .entry("auths")
-        .or_insert_with(|| serde_json::json!({}))
-        .as_object_mut()
-        .with_context(|| format!("\"auths\" in {} is not an object", p.display()))?;
-    let want = normalize_registry(registry);
-    auths.retain(|k, _| normalize_registry(k) != want);
-    auths.insert(want, serde_json::json!({ "auth": c.basic() }));
-    write_doc(&p, &doc)?;
+    update(&p, |doc| {
+        let obj = doc
+            .as_object_mut()
+            .with_context(|| format!("{} is not a JSON object; fix or remove it", p.display()))?;
+        let auths = obj
+            .entry("auths")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .with_context(|| format!("\"auths\" in {} is not an object", p.display()))?;
+        let want = normalize_registry(registry);
+        auths.retain(|k, _| normalize_registry(k) != want);
+        auths.insert(want, serde_json::json!({ "auth": c.basic() }));
+        Ok(true)
+    })?;
     Ok(p)
 }
 
@@ -223,18 +272,18 @@ pub fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
 /// I/O, an existing file that is not JSON.
 pub fn remove(registry: &str) -> Result<bool> {
     let p = auth_file()?;
-    let mut doc = read_doc(&p)?;
-    let want = normalize_registry(registry);
-    let Some(auths) = doc.get_mut("auths").and_then(|a| a.as_object_mut()) else {
-        return Ok(false);
-    };
-    let before = auths.len();
-    auths.retain(|k, _| normalize_registry(k) != want);
-    if auths.len() == before {
+    if !p.exists() {
         return Ok(false);
     }
-    write_doc(&p, &doc)?;
-    Ok(true)
+    update(&p, |doc| {
+        let want = normalize_registry(registry);
+        let Some(auths) = doc.get_mut("auths").and_then(|a| a.as_object_mut()) else {
+            return Ok(false);
+        };
+        let before = auths.len();
+        auths.retain(|k, _| normalize_registry(k) != want);
+        Ok(auths.len() != before)
+    })
 }
 
 /// A parsed `WWW-Authenticate` challenge.
