@@ -565,11 +565,13 @@ impl Store {
             existed,
             compression,
         };
+        // Published even when the layer is stored already: then what was staged is an object
+        // missing or damaged on disk, so ingesting the same layer again repairs it.
+        staging.publish()?;
         // A stored layer is held by the active lease (if any) in the transaction that finds it.
         if self.hold_layers(&[diff_id])? {
             return Ok(info(true));
         }
-        staging.publish()?;
         // SQLite's default page cache (2 MiB) is far smaller than the index pages a big layer
         // touches (random object digests): it spilled pages to the WAL mid-transaction, over
         // and over (seconds for a 20k-file layer). The cache grows only as pages are used.

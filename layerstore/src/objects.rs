@@ -1,5 +1,5 @@
 //! Content-addressed file objects: `objects/sha256/<2 hex>/<64 hex>`, read-only (mode 0400:
-//! the owner's alone), never changed.
+//! the owner's alone), never changed except to replace a damaged one with its right bytes.
 //!
 //! Writing goes through [`Staging`]: contents are written into `tmp/` while being hashed, then
 //! [`Staging::publish`] makes them durable (`syncfs`) *before* renaming them to their final
@@ -181,7 +181,7 @@ impl Staging<'_> {
     /// (or in this batch) is not written again.
     pub(crate) fn add_bytes(&mut self, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
-        if !self.known(&d) {
+        if !self.known(&d, data.len() as u64, Some(data))? {
             let (mut f, p) = self.tmp_file()?;
             if let Err(e) = f.write_all(data) {
                 drop(f);
@@ -201,6 +201,7 @@ impl Staging<'_> {
             file: Some(f),
             path: p,
             hasher: Hasher::new(),
+            size: 0,
         })
     }
 
@@ -214,7 +215,7 @@ impl Staging<'_> {
             ));
         };
         let p = std::mem::take(&mut o.path);
-        if self.known(&d) {
+        if self.known(&d, o.size, None)? {
             drop(f);
             fs::remove_file(&p).ctx("remove", &p)?;
         } else {
@@ -223,8 +224,28 @@ impl Staging<'_> {
         Ok(d)
     }
 
-    fn known(&self, d: &Digest) -> bool {
-        self.pending_set.contains(d) || self.objects.contains(d)
+    /// Whether `d` is stored already (or staged in this batch) with the right bytes. An object
+    /// file whose size or bytes are wrong counts as absent, so the content is staged again
+    /// and [`Staging::publish`] replaces the damaged file: re-ingesting repairs. `data` is the
+    /// content when it is in memory (compared byte for byte), else the file is rehashed; so a
+    /// duplicate costs a read of the stored copy, still less than writing and syncing it.
+    fn known(&self, d: &Digest, size: u64, data: Option<&[u8]>) -> Result<bool> {
+        if self.pending_set.contains(d) {
+            return Ok(true);
+        }
+        let p = self.objects.path(d);
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat", p, e)),
+        };
+        if !m.is_file() || m.len() != size {
+            return Ok(false);
+        }
+        match data {
+            Some(data) => Ok(same_bytes(&p, data).unwrap_or(false)),
+            None => Ok(self.objects.verify(d).unwrap_or(false)),
+        }
     }
 
     fn stage(&mut self, f: File, p: PathBuf, d: Digest) -> Result<()> {
@@ -267,12 +288,15 @@ pub(crate) struct LargeObject {
     file: Option<File>,
     path: PathBuf,
     hasher: Hasher,
+    /// Bytes written so far.
+    size: u64,
 }
 
 impl LargeObject {
     /// Appends content bytes.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
         self.hasher.update(data);
+        self.size += data.len() as u64;
         match &mut self.file {
             Some(f) => f.write_all(data).ctx("write", &self.path),
             None => Err(Error::Conflict("internal: write after finish".into())),
@@ -296,6 +320,25 @@ impl Drop for Staging<'_> {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// Whether the file at `p` holds exactly `data` (its size is known to match).
+fn same_bytes(p: &Path, data: &[u8]) -> std::io::Result<bool> {
+    let mut f = File::open(p)?;
+    let mut buf = vec![0u8; data.len().min(COPY_BUF)];
+    let mut at = 0;
+    while at < data.len() {
+        // Never more than what is left to compare.
+        let want = (data.len() - at).min(buf.len());
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 || buf[..n] != data[at..at + n] {
+            return Ok(false);
+        }
+        at += n;
+    }
+    // Nothing more: a file that grew meanwhile is not this content.
+    let mut one = [0u8; 1];
+    Ok(f.read(&mut one)? == 0)
 }
 
 /// Flushes the whole filesystem holding `path` (one `syncfs` for a batch of files).
