@@ -916,3 +916,93 @@ fn registry_missing_image_and_platform_errors() {
         "tag the image",
     );
 }
+
+/// `skopeo inspect --raw` of a pushed manifest: the layers' media types.
+fn pushed_layer_types(reference: &str) -> Vec<String> {
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A small two-layer image tagged `name`; returns its ID.
+fn small_image(env: &TestEnv, name: &str) -> String {
+    let base = rootfs_tar("");
+    let top = files_tar(&[("app/", b""), ("app/file", b"small image\n")]);
+    add_layered_image(env, &[base, top], name)
+}
+
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+#[test]
+fn rootless_registry_push_honours_an_explicit_compression() {
+    if !registry_available() || !skopeo_available() {
+        return;
+    }
+    let reg = Registry::start(None, None);
+    let h = reg.host();
+    let env = TestEnv::new();
+    let id = small_image(&env, &format!("{h}/comp/app:gzip"));
+    // Default: gzip.
+    ok(&env, &["push", &format!("{h}/comp/app:gzip")]);
+    assert_eq!(
+        pushed_layer_types(&format!("{h}/comp/app:gzip")),
+        [GZIP_LAYER; 2]
+    );
+    // The store now has gzip blobs of both layers: --compression zstd still makes zstd.
+    for (tag, flag, want) in [
+        ("zstd", "zstd", ZSTD_LAYER),
+        ("gzip-again", "gzip", GZIP_LAYER),
+    ] {
+        let r = format!("{h}/comp/app:{tag}");
+        ok(&env, &["tag", &format!("{h}/comp/app:gzip"), &r]);
+        ok(&env, &["push", "--compression", flag, &r]);
+        assert_eq!(pushed_layer_types(&r), [want; 2], "{flag}");
+    }
+    // Without the flag, a blob already made is reused (here: either kind is fine).
+    let r = format!("{h}/comp/app:default");
+    ok(&env, &["tag", &format!("{h}/comp/app:gzip"), &r]);
+    ok(&env, &["push", &r]);
+    // Docker manifests carry gzip only.
+    fails(
+        &env,
+        &[
+            "push",
+            "--compression",
+            "zstd",
+            "--manifest-type",
+            "docker",
+            &r,
+        ],
+        "--compression zstd needs an OCI manifest",
+    );
+
+    // A pulled image keeps its gzip blobs; --compression zstd recompresses them, and what
+    // went up pulls back as the same image.
+    let pulled = TestEnv::new();
+    ok(&pulled, &["pull", &format!("{h}/comp/app:gzip")]);
+    let again = format!("{h}/other/app:zstd");
+    ok(&pulled, &["tag", &format!("{h}/comp/app:gzip"), &again]);
+    let p = json(&pulled, &["push", "--compression", "zstd", &again]);
+    assert_eq!(statuses(&p), ["pushed", "pushed"], "{p}");
+    assert_eq!(pushed_layer_types(&again), [ZSTD_LAYER; 2]);
+    // A default push of the pulled image sends the kept gzip bytes as they came.
+    let kept = format!("{h}/other/app:kept");
+    ok(&pulled, &["tag", &format!("{h}/comp/app:gzip"), &kept]);
+    ok(&pulled, &["push", &kept]);
+    assert_eq!(pushed_layer_types(&kept), [GZIP_LAYER; 2]);
+    let fresh = TestEnv::new();
+    let r = json(&fresh, &["pull", &again]);
+    assert_eq!(r["image_id"], id.as_str());
+    fresh.fsck_clean();
+}

@@ -62,10 +62,11 @@ pub struct Args {
     /// The local image, named as in the registry (`localhost:5000/team/app:1.0`; tag it
     /// first with `strata tag`). Default tag: latest.
     pub image: String,
-    /// Compression of layers made for this push: gzip (default) or zstd. Layers pulled
-    /// earlier are pushed as they came.
-    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
-    pub compression: String,
+    /// Compression of the layers: gzip or zstd. Given, every layer goes up in it (a layer
+    /// the store has only in the other compression is recompressed). Not given, layers pulled
+    /// or pushed earlier go up as they are, new ones as gzip.
+    #[arg(long, value_parser = ["gzip", "zstd"])]
+    pub compression: Option<String>,
     /// Manifest type: oci (default) or docker (v2 schema 2; gzip layers only).
     #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
     pub manifest_type: String,
@@ -91,14 +92,23 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     let rec = store
         .resolve_image(&dest.to_string())
         .with_context(|| format!("pushing {dest}: tag the image with this name first"))?;
+    let format = if a.manifest_type == "docker" {
+        ManifestFormat::Docker
+    } else {
+        ManifestFormat::Oci
+    };
+    let required = a.compression.as_deref().map(BlobCodec::parse).transpose()?;
+    if format == ManifestFormat::Docker && required == Some(BlobCodec::Zstd) {
+        anyhow::bail!(
+            "--compression zstd needs an OCI manifest: Docker v2 manifests carry gzip layers \
+             only (drop --manifest-type docker)"
+        );
+    }
     let client = Client::new(dest.registry(), &a.tls.options(g)?)?;
     let opts = PushOptions {
-        codec: BlobCodec::parse(&a.compression)?,
-        format: if a.manifest_type == "docker" {
-            ManifestFormat::Docker
-        } else {
-            ManifestFormat::Oci
-        },
+        codec: required.unwrap_or(BlobCodec::Gzip),
+        codec_required: required.is_some(),
+        format,
         jobs: a.jobs.max(1),
     };
     if !g.json() && !g.quiet {

@@ -27,8 +27,12 @@ const UPLOAD_ATTEMPTS: u32 = 3;
 /// Options of `push`.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
-    /// Compression of layers made for this push (blobs kept from a pull are sent as they are).
+    /// Compression of layers made for this push.
     pub codec: BlobCodec,
+    /// Every layer must go up in `codec` (`--compression` given): a blob of another
+    /// compression, kept or recorded, is not reused. Otherwise blobs kept from a pull (or
+    /// made by an earlier push) are sent as they are.
+    pub codec_required: bool,
     /// Manifest flavour.
     pub format: ManifestFormat,
     /// Parallel layer uploads.
@@ -385,8 +389,11 @@ pub fn push(
     let work = |i: usize| -> Result<(LayerReport, String)> {
         let diff_id = diff_ids[i];
         let known = store.layer_blobs(&diff_id)?;
-        let usable =
-            |b: &LayerBlob| (ctx_allows(opts.format, &b.codec)) && (b.stored || b.regenerable());
+        let usable = |b: &LayerBlob| {
+            ctx_allows(opts.format, &b.codec)
+                && (b.stored || b.regenerable())
+                && (!opts.codec_required || b.codec == opts.codec.name())
+        };
         // Kept (pulled) bytes first: a re-push is byte-identical; then ours in the wanted codec.
         let cand = known
             .iter()
