@@ -24,6 +24,8 @@ pub struct ImageJson {
     pub id: String,
     /// Fully qualified references (`docker.io/library/x:latest`).
     pub repo_tags: Vec<String>,
+    /// Repository digests (`registry/repo@sha256:…`), recorded by pull and push.
+    pub repo_digests: Vec<String>,
     /// RFC 3339, from the config.
     pub created: Option<String>,
     /// Sum of the layers' uncompressed sizes.
@@ -54,6 +56,8 @@ pub struct InspectJson {
     pub id: String,
     /// Fully qualified tags.
     pub repo_tags: Vec<String>,
+    /// Repository digests (`registry/repo@sha256:…`), recorded by pull and push.
+    pub repo_digests: Vec<String>,
     /// The local parent image, if any.
     pub parent: Option<String>,
     /// When it entered this store.

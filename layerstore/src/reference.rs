@@ -45,6 +45,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use rusqlite::params;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::image::now_rfc3339;
+use crate::store::{ImageRecord, Removal, Store};
+
 /// The registry used when a reference names none (Docker Hub).
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
@@ -288,6 +295,17 @@ impl ImageRef {
             tag: Some(tag.to_owned()),
             ..self.clone()
         })
+    }
+
+    /// The canonical reference `registry/repository@digest` of this repository: the tag
+    /// dropped, the digest set (docker's `WithDigest(TrimNamed(r), d)`). A repository digest.
+    #[must_use]
+    pub fn canonical(&self, digest: &Digest) -> ImageRef {
+        ImageRef {
+            tag: None,
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
     }
 
     /// The full name without tag or digest: `registry/repository` (docker's `Name()`).
@@ -684,6 +702,153 @@ fn is_lower_hex(c: u8) -> bool {
 /// `\w` in Go's RE2 (ASCII only): `[0-9A-Za-z_]`.
 fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
+}
+
+// ## References a store holds
+//
+// The `tags` table holds both kinds of reference, as docker's reference store does: tags
+// (`registry/repo:tag`, [`Store::tag`]) and repository digests (`registry/repo@sha256:…`, the
+// digest of the manifest a registry serves the image under, recorded by pull and push).
+// [`Store::resolve_image`] finds an image by either; `ImageRecord::tags` lists both, and
+// [`ImageRecord::repo_tags`] / [`ImageRecord::repo_digests`] tell them apart.
+
+impl ImageRecord {
+    /// The tags of the image (docker's `RepoTags`): references without a digest.
+    pub fn repo_tags(&self) -> impl Iterator<Item = &ImageRef> {
+        self.tags.iter().filter(|t| t.digest().is_none())
+    }
+
+    /// The repository digests of the image (docker's `RepoDigests`): `registry/repo@digest`.
+    pub fn repo_digests(&self) -> impl Iterator<Item = &ImageRef> {
+        self.tags.iter().filter(|t| t.digest().is_some())
+    }
+}
+
+/// Docker's `isSingleReference`: at most one tag, and every digest reference is of the tag's
+/// repository (a `pull repo:tag` leaves exactly that). Such an image may be removed by ID
+/// without `--force`.
+fn is_single_reference(refs: &[ImageRef]) -> bool {
+    let mut tags = refs.iter().filter(|r| r.digest().is_none());
+    let single = match (tags.next(), tags.next()) {
+        (_, Some(_)) => return false,
+        (Some(t), None) => t,
+        (None, None) => match refs.first() {
+            Some(r) => r,
+            None => return false,
+        },
+    };
+    let mut repos: Vec<String> = refs
+        .iter()
+        .filter(|r| r.digest().is_some())
+        .map(ImageRef::name)
+        .collect();
+    repos.sort();
+    repos.dedup();
+    if repos.is_empty() {
+        return refs.len() == 1;
+    }
+    repos.len() == 1 && repos[0] == single.name()
+}
+
+impl Store {
+    /// Records `reference` (`registry/repo@sha256:…`) as a repository digest of `image`, so
+    /// every command finds the image by it. Recording it again is a no-op.
+    ///
+    /// # Errors
+    /// A reference without a digest or with a tag; an unknown image.
+    pub fn add_repo_digest(&self, image: &Digest, reference: &ImageRef) -> crate::Result<()> {
+        if reference.digest().is_none() || reference.tag().is_some() {
+            return Err(Error::Conflict(format!(
+                "internal: {reference} is not a repository digest (registry/repo@sha256:…)"
+            )));
+        }
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO tags (name, image, added) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET image = excluded.image",
+                params![reference.to_string(), image.bytes(), now_rfc3339()],
+            )
+        })
+        .map_err(|e| match e {
+            Error::Db { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+            {
+                Error::NotFound {
+                    kind: "image",
+                    name: image.to_string(),
+                    hint: String::new(),
+                }
+            }
+            e => e,
+        })?;
+        Ok(())
+    }
+
+    /// [`Store::remove_image`] with docker's rules for repository digests (`docker rmi`):
+    /// removing the last tag of a repository from an image removes that repository's digests
+    /// too (then the image goes when nothing else refers to it), and an image whose references
+    /// are one tag and digests of its repository is removed by ID without `force`.
+    ///
+    /// # Errors
+    /// As [`Store::remove_image`].
+    pub fn remove_image_and_digests(&self, s: &str, force: bool) -> crate::Result<Vec<Removal>> {
+        let rec = self.resolve_image(s)?;
+        let named = ImageRef::parse(s)
+            .ok()
+            .map(|r| {
+                if r.digest().is_some() {
+                    r
+                } else {
+                    r.with_default_tag()
+                }
+            })
+            .filter(|r| rec.tags.contains(r));
+        let single = is_single_reference(&rec.tags);
+        let Some(r) = named else {
+            // By ID.
+            return self.remove_image(s, force || single);
+        };
+        if r.digest().is_some() {
+            return self.remove_image(s, force);
+        }
+        let last_tag_of_repo = !rec.repo_tags().any(|t| t != &r && t.name() == r.name());
+        let digests: Vec<ImageRef> = rec
+            .repo_digests()
+            .filter(|d| last_tag_of_repo && d.name() == r.name())
+            .cloned()
+            .collect();
+        if digests.is_empty() {
+            return self.remove_image(s, force);
+        }
+        let users = self.containers_of(&rec.id)?;
+        if !force && single && !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "conflict: unable to remove repository reference {:?} (must force) - container \
+                 {} is using its referenced image {}",
+                r.familiar(),
+                users.join(", "),
+                rec.id.short()
+            )));
+        }
+        // Untags `r`; the image stays, its digests still refer to it.
+        let mut out = self.remove_image(s, force)?;
+        for d in &digests {
+            self.with_tx(|tx| tx.execute("DELETE FROM tags WHERE name = ?1", [d.to_string()]))?;
+            out.push(Removal::Untagged(d.familiar()));
+        }
+        let children: i64 = self.with_conn(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM images WHERE parent = ?1",
+                [rec.id.bytes()],
+                |r| r.get(0),
+            )
+        })?;
+        let now = self.resolve_image(&rec.id.to_string())?;
+        if now.tags.is_empty() && children == 0 && users.is_empty() {
+            out.extend(self.remove_image(&rec.id.to_string(), false)?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -1845,5 +2010,34 @@ mod tests {
             }
         }
         assert!(accepted > 100, "only {accepted} inputs accepted");
+    }
+
+    #[test]
+    fn canonical_drops_the_tag_and_sets_the_digest() {
+        let d: Digest = SHA256_BE.parse().unwrap();
+        let r = ImageRef::parse("localhost:5000/a/b:1").unwrap();
+        assert_eq!(
+            r.canonical(&d).to_string(),
+            format!("localhost:5000/a/b@{SHA256_BE}")
+        );
+    }
+
+    #[test]
+    fn a_tag_and_digests_of_its_repository_are_a_single_reference() {
+        let refs = |v: &[&str]| -> Vec<ImageRef> {
+            v.iter().map(|s| ImageRef::parse(s).unwrap()).collect()
+        };
+        let tag = "h:5000/a/b:1";
+        let dig = format!("h:5000/a/b@{SHA256_BE}");
+        let dig2 = format!("h:5000/a/b@{SHA256_DB}");
+        let other = format!("h:5000/a/c@{SHA256_BE}");
+        assert!(!is_single_reference(&[]));
+        assert!(is_single_reference(&refs(&[tag])));
+        assert!(is_single_reference(&refs(&[&dig])));
+        assert!(is_single_reference(&refs(&[tag, &dig, &dig2])));
+        assert!(is_single_reference(&refs(&[&dig, &dig2])));
+        assert!(!is_single_reference(&refs(&[tag, "h:5000/a/b:2"])));
+        assert!(!is_single_reference(&refs(&[tag, &other])));
+        assert!(!is_single_reference(&refs(&[&dig, &other])));
     }
 }

@@ -1006,3 +1006,146 @@ fn rootless_registry_push_honours_an_explicit_compression() {
     assert_eq!(r["image_id"], id.as_str());
     fresh.fsck_clean();
 }
+
+/// The value after `prefix` on the line of `out` that starts with it.
+fn line_value<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {out}"))
+        .trim()
+}
+
+#[test]
+fn rootless_registry_pull_by_digest_works_with_every_command() {
+    if !registry_available() {
+        return;
+    }
+    let reg = Registry::start(None, None);
+    let h = reg.host();
+    let repo = format!("{h}/dig/app");
+    let src = TestEnv::new();
+    let runnable = have_runtime_and_busybox();
+    let id = match busybox_tar().filter(|_| runnable) {
+        Some(bb) => add_layered_image(
+            &src,
+            &[
+                bb,
+                files_tar(&[("app/", b""), ("app/file", b"by digest\n")]),
+            ],
+            &format!("{repo}:1"),
+        ),
+        None => small_image(&src, &format!("{repo}:1")),
+    };
+    let pushed = json(&src, &["push", &format!("{repo}:1")]);
+    let mdigest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    // The pushing store knows the image by its digest in that repository too.
+    let by_digest = format!("{repo}@{mdigest}");
+    let insp = json(&src, &["inspect", &by_digest]);
+    assert_eq!(insp["id"], id.as_str());
+    assert_eq!(insp["repo_digests"][0], by_digest.as_str(), "{insp}");
+
+    let env = TestEnv::new();
+    let out = ok(&env, &["pull", &by_digest]);
+    assert_eq!(line_value(&out, "Digest:"), mdigest, "{out}");
+    assert_eq!(line_value(&out, "Image ID:"), id, "{out}");
+    assert_eq!(out.lines().last().unwrap(), by_digest, "{out}");
+    // Every reference the pull printed works with every command.
+    for r in [
+        by_digest.clone(),
+        format!("{repo}@{}", line_value(&out, "Digest:")),
+        id.clone(),
+    ] {
+        let insp = json(&env, &["inspect", &r]);
+        assert_eq!(insp["id"], id.as_str(), "{r}");
+        assert_eq!(insp["repo_tags"], serde_json::json!([]), "{r}");
+        assert_eq!(insp["repo_digests"], serde_json::json!([by_digest]), "{r}");
+        ok(&env, &["history", &r]);
+        let saved = env.path("saved.tar");
+        ok(&env, &["save", "-o", saved.to_str().unwrap(), &r]);
+        ok(&env, &["container", "create", &r, "--name", "c1"]);
+        ok(&env, &["container", "rm", "c1"]);
+        if runnable {
+            let o = ok(&env, &["run", "--rm", &r, "cat", "/app/file"]);
+            assert_eq!(o, "by digest\n", "{r}");
+        }
+    }
+    // Untagged, known by digest: docker's `images` rows.
+    let rows = ok(&env, &["images", "--digests"]);
+    assert!(rows.starts_with("REPOSITORY"), "{rows}");
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        [repo.as_str(), "<none>", &mdigest, &id[7..19]],
+        "{rows}"
+    );
+    let plain = ok(&env, &["images"]);
+    let row: Vec<&str> = plain.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..3], [repo.as_str(), "<none>", &id[7..19]], "{plain}");
+    let listed = json(&env, &["images"]);
+    assert_eq!(listed[0]["repo_digests"], serde_json::json!([by_digest]));
+
+    // tag from the digest reference, then the digest goes by name and the tag stays.
+    ok(&env, &["tag", &by_digest, &format!("{repo}:copy")]);
+    let rows = ok(&env, &["images", "--digests"]);
+    assert!(
+        rows.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq([repo.as_str(), "copy", &mdigest])),
+        "{rows}"
+    );
+    let rm = ok(&env, &["rmi", &by_digest]);
+    assert_eq!(rm, format!("Untagged: {by_digest}\n"));
+    let insp = json(&env, &["inspect", &format!("{repo}:copy")]);
+    assert_eq!(insp["repo_digests"], serde_json::json!([]));
+    env.fails(&["inspect", &by_digest], "not found");
+
+    // Pulled by digest again (its layers are there), then the last tag of the repository
+    // takes the repository's digests with it, and the image goes (docker's rmi).
+    let again = json(&env, &["pull", &by_digest]);
+    assert_eq!(statuses(&again), ["already_exists", "already_exists"]);
+    let rm = ok(&env, &["rmi", &format!("{repo}:copy")]);
+    assert_eq!(
+        rm,
+        format!("Untagged: {repo}:copy\nUntagged: {by_digest}\nDeleted: {id}\n")
+    );
+    assert_eq!(json(&env, &["images"]), serde_json::json!([]));
+
+    // Pulled by tag: the digest is recorded too, and one tag plus its repository's digest
+    // is one reference, so rmi by ID needs no --force.
+    let out = ok(&env, &["pull", &format!("{repo}:1")]);
+    assert_eq!(line_value(&out, "Digest:"), mdigest);
+    assert_eq!(out.lines().last().unwrap(), format!("{repo}:1"));
+    let insp = json(&env, &["inspect", &format!("{repo}:1")]);
+    assert_eq!(insp["repo_tags"], serde_json::json!([format!("{repo}:1")]));
+    assert_eq!(insp["repo_digests"], serde_json::json!([by_digest]));
+    let rows = ok(&env, &["images", "--digests"]);
+    assert!(
+        rows.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq([repo.as_str(), "1", &mdigest])),
+        "{rows}"
+    );
+    // save by tag writes the tag (never the digest) into the archive.
+    let saved = env.path("tagged.tar");
+    ok(
+        &env,
+        &["save", "-o", saved.to_str().unwrap(), &format!("{repo}:1")],
+    );
+    let o = Command::new("tar")
+        .arg("-xOf")
+        .arg(&saved)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!([format!("{repo}:1")])
+    );
+    let rm = ok(&env, &["rmi", &id[7..19]]);
+    assert!(rm.contains(&format!("Untagged: {by_digest}")), "{rm}");
+    assert!(rm.ends_with(&format!("Deleted: {id}\n")), "{rm}");
+    env.fsck_clean();
+}

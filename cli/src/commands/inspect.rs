@@ -11,7 +11,7 @@ use crate::output::{InspectJson, print_json};
 /// Show an image's metadata and config as JSON (always JSON, like `docker inspect`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image: `name[:tag]`, ID or ID prefix.
+    /// The image: `name[:tag]`, `name@sha256:…`, ID or ID prefix.
     pub image: String,
     /// Print the config exactly as stored (the bytes the image ID is the hash of).
     #[arg(long)]
@@ -34,7 +34,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         serde_json::from_slice(&img.config).context("the stored config is not a JSON object")?;
     print_json(&InspectJson {
         id: img.id.to_string(),
-        repo_tags: img.tags.iter().map(ToString::to_string).collect(),
+        repo_tags: img.repo_tags().map(ToString::to_string).collect(),
+        repo_digests: img.repo_digests().map(ToString::to_string).collect(),
         parent: img.parent.map(|p| p.to_string()),
         added: img.added.clone(),
         size: store.image_size(&img.id)?,

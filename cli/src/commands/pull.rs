@@ -77,9 +77,11 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                 println!("{short}: Pull complete");
             }
         }
-        println!("Digest: {}", rep.manifest_digest);
+        // As docker: the digest the image is recorded under, and a reference that finds it.
+        let digest = rep.repo_digest.rsplit('@').next().unwrap_or_default();
+        println!("Digest: {digest}");
         println!("Image ID: {}", rep.image_id);
-        println!("{}", rep.tagged.as_deref().unwrap_or(&r.to_string()));
+        println!("{}", rep.tagged.as_deref().unwrap_or(&rep.repo_digest));
     }
     Ok(ExitCode::SUCCESS)
 }

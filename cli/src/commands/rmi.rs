@@ -12,7 +12,7 @@ use crate::output::print_json;
 /// objects are freed by `strata gc`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images: `name[:tag]`, ID or ID prefix.
+    /// Images: `name[:tag]`, `name@sha256:…`, ID or ID prefix.
     #[arg(required = true)]
     pub images: Vec<String>,
     /// Remove an image by ID even when several tags point at it.
@@ -29,7 +29,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     let mut all = Vec::new();
     let mut failed = false;
     for name in &a.images {
-        match store.remove_image(name, a.force) {
+        match store.remove_image_and_digests(name, a.force) {
             Ok(events) => {
                 if !g.json() {
                     for e in &events {

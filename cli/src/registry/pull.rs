@@ -49,6 +49,10 @@ pub struct PullReport {
     pub image_id: Digest,
     /// The tag recorded, when the reference had one.
     pub tagged: Option<String>,
+    /// The repository digest recorded, `registry/repo@sha256:…`: the digest of the document
+    /// the registry served for the reference (the index, for a multi-platform image), as
+    /// docker records it. Every command finds the image by it.
+    pub repo_digest: String,
     /// Layers, base first.
     pub layers: Vec<LayerReport>,
     /// Compressed bytes downloaded.
@@ -343,6 +347,12 @@ pub fn pull(
         bail!("internal: some layers of {source} were not pulled");
     }
     let id = store.add_image(&config, None)?;
+    let top: Digest = match &index_digest {
+        Some(d) => parse_digest(d, "the index")?,
+        None => mdigest,
+    };
+    let repo_digest = r.canonical(&top);
+    store.add_repo_digest(&id, &repo_digest)?;
     let tagged = match r.digest() {
         Some(_) => None,
         None => {
@@ -356,6 +366,7 @@ pub fn pull(
         index_digest,
         image_id: id,
         tagged,
+        repo_digest: repo_digest.to_string(),
         layers,
         downloaded_bytes: downloaded.into_inner(),
     })

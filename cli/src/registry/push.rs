@@ -612,6 +612,8 @@ pub fn push(
              changed the bytes"
         );
     }
+    // As docker: the image is now also known by its digest in that repository.
+    store.add_repo_digest(&id, &dest.canonical(&mdigest))?;
     Ok(PushReport {
         reference: format!("{here}:{tag}"),
         manifest_digest: mdigest.to_string(),

@@ -135,7 +135,7 @@ impl Store {
                 }
                 let mut found = false;
                 for rec in all.iter().flatten() {
-                    for t in rec.tags.iter().filter(|t| t.name() == r.name()) {
+                    for t in rec.repo_tags().filter(|t| t.name() == r.name()) {
                         add(rec.clone(), Some(t.clone()))?;
                         found = true;
                     }
@@ -145,9 +145,11 @@ impl Store {
                 }
             }
             let rec = self.resolve_image(name)?;
+            // A repository digest (`repo@sha256:…`) finds the image but is no tag: such an
+            // image is saved untagged unless named by a tag too (as `docker save`).
             let tag = parsed
                 .map(ImageRef::with_default_tag)
-                .filter(|t| rec.tags.contains(t));
+                .filter(|t| t.digest().is_none() && rec.tags.contains(t));
             add(rec, tag)?;
         }
         let mut seen = HashSet::new();
