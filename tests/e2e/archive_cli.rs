@@ -840,3 +840,100 @@ fn export_flattens_the_image_and_the_container_upper() {
     assert!(o.status.success());
     assert_eq!(o.stdout, std::fs::read(&out).unwrap());
 }
+
+/// The upper dir of a container made by `container create`.
+fn container_upper(env: &TestEnv, c: &serde_json::Value) -> std::path::PathBuf {
+    match c["dir"].as_str() {
+        Some(d) if !d.is_empty() => Path::new(d).join("upper"),
+        _ => env
+            .root()
+            .join("containers")
+            .join(c["id"].as_str().unwrap())
+            .join("upper"),
+    }
+}
+
+#[test]
+fn rootless_export_writes_hard_links_as_tar_links_like_commit() {
+    let env = TestEnv::new();
+    let dir = |p: &str| (p.to_owned(), tar::EntryType::Directory, Vec::new(), None);
+    let link = |p: &str, to: &str| {
+        (
+            p.to_owned(),
+            tar::EntryType::Link,
+            Vec::new(),
+            Some(to.to_owned()),
+        )
+    };
+    let base = build_tar(&[dir("d/"), file_entry("d/a", b"lower\n"), link("d/b", "d/a")]);
+    add_layered_image(&env, &[base], "hl:1");
+    let c = env.json(&["container", "create", "hl:1", "--name", "c1"]);
+    let upper = container_upper(&env, &c);
+    // Hard links made in the container: two names of one upper file, and a third in
+    // another directory.
+    std::fs::create_dir_all(upper.join("u/v")).unwrap();
+    std::fs::write(upper.join("u/p"), b"upper\n").unwrap();
+    std::fs::hard_link(upper.join("u/p"), upper.join("u/q")).unwrap();
+    std::fs::hard_link(upper.join("u/p"), upper.join("u/v/r")).unwrap();
+    std::fs::write(upper.join("u/single"), b"one name\n").unwrap();
+
+    let out = env.path("rootfs.tar");
+    env.ok(&["export", "c1", "-o", out.to_str().unwrap()]);
+    let entries = tar_entries(&std::fs::read(&out).unwrap());
+    let kind_of = |p: &str| {
+        let e = entries
+            .iter()
+            .find(|e| e.0 == p)
+            .unwrap_or_else(|| panic!("no {p} in {entries:?}"));
+        (e.1, e.2.clone(), e.3.clone())
+    };
+    assert_eq!(
+        kind_of("d/a"),
+        (tar::EntryType::Regular, b"lower\n".to_vec(), None)
+    );
+    assert_eq!(
+        kind_of("d/b"),
+        (tar::EntryType::Link, Vec::new(), Some("d/a".to_owned()))
+    );
+    // The first name in the walk holds the content; the others link to it.
+    let holders: Vec<&String> = ["u/p", "u/q", "u/v/r"]
+        .iter()
+        .map(|p| entries.iter().find(|e| e.0 == *p).unwrap())
+        .filter(|e| e.1 == tar::EntryType::Regular)
+        .map(|e| &e.0)
+        .collect();
+    assert_eq!(holders.len(), 1, "{entries:?}");
+    let first = holders[0].clone();
+    assert_eq!(kind_of(&first).1, b"upper\n");
+    for p in ["u/p", "u/q", "u/v/r"] {
+        if p != first {
+            assert_eq!(
+                kind_of(p),
+                (tar::EntryType::Link, Vec::new(), Some(first.clone())),
+                "{p}"
+            );
+        }
+    }
+    assert_eq!(kind_of("u/single").0, tar::EntryType::Regular);
+
+    // commit keeps the same links: the layer it writes links the same names.
+    env.ok(&["commit", "c1", "hl:2"]);
+    let hist = env.json(&["history", "hl:2"]);
+    let diff_id = hist[0]["diff_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{hist}"))
+        .to_owned();
+    let layer = env.path("layer.tar");
+    env.ok(&["layer", "export", &diff_id, "-o", layer.to_str().unwrap()]);
+    let committed = tar_entries(&std::fs::read(&layer).unwrap());
+    let links = |es: &[(String, tar::EntryType, Vec<u8>, Option<String>)]| {
+        let mut v: Vec<String> = es
+            .iter()
+            .filter(|e| e.1 == tar::EntryType::Link && e.0.starts_with("u/"))
+            .map(|e| e.0.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(links(&committed), links(&entries));
+}

@@ -7,13 +7,16 @@
 //! gets a private, empty work dir under the store's `tmp/`, so the container's own work dir is
 //! never touched even while it is mounted. Entries are written in sorted order with their
 //! real owners, modes, mtimes and user-visible xattrs; files with several links become tar
-//! hard links.
+//! hard links (as `commit` and `docker export` write them): names of one lower file share the
+//! union's inode, names of one upper file share the upper inode (the union numbers each merged
+//! path apart, so the upper inode is looked up in the container's upper dir).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
@@ -72,7 +75,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                 bail!("refusing to write a tar to a terminal; use -o FILE or redirect the output");
             }
             let w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            write_tree(&fs, w, &bar)?;
+            write_tree(&fs, &c.upper(), w, &bar)?;
         }
         Some(path) => {
             let dir = path
@@ -84,7 +87,8 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
                 .tempfile_in(dir)
                 .with_context(|| format!("creating a temp file in {}", dir.display()))?;
             let w = std::io::BufWriter::with_capacity(1 << 20, tmpf.as_file());
-            write_tree(&fs, w, &bar).with_context(|| format!("exporting to {}", path.display()))?;
+            write_tree(&fs, &c.upper(), w, &bar)
+                .with_context(|| format!("exporting to {}", path.display()))?;
             tmpf.as_file().sync_all()?;
             tmpf.persist(path)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -101,12 +105,21 @@ fn secs(t: std::time::SystemTime) -> i64 {
     }
 }
 
-/// Walks the union depth first in name order and writes every entry.
-fn write_tree(fs: &UnionFs, out: impl Write, bar: &indicatif::ProgressBar) -> Result<()> {
+/// Walks the union depth first in name order and writes every entry. `upper` is the
+/// container's upper dir, where hard links made in the container are told apart.
+fn write_tree(
+    fs: &UnionFs,
+    upper: &Path,
+    out: impl Write,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
     let mut w = TarWriter::new(out);
+    // The first name written of each file with several names, by union inode and by upper
+    // inode (`st_dev`, `st_ino`).
     let mut links: HashMap<Ino, String> = HashMap::new();
-    let mut stack: Vec<(Ino, String)> = vec![(ROOT_INO, String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
+    let mut upper_links: HashMap<(u64, u64), String> = HashMap::new();
+    let mut stack: Vec<(Ino, String, PathBuf)> = vec![(ROOT_INO, String::new(), PathBuf::new())];
+    while let Some((dir, prefix, rel_dir)) = stack.pop() {
         let fh = fs
             .opendir(dir)
             .map_err(|e| anyhow::anyhow!("listing /{prefix}: {e}"))?;
@@ -147,7 +160,7 @@ fn write_tree(fs: &UnionFs, out: impl Write, bar: &indicatif::ProgressBar) -> Re
                 EntryKind::Dir => {
                     spec.kind = TarKind::Dir;
                     w.header(&spec)?;
-                    subdirs.push((at.ino, format!("{path}/")));
+                    subdirs.push((at.ino, format!("{path}/"), rel_dir.join(&item.name)));
                 }
                 EntryKind::Symlink => {
                     spec.kind = TarKind::Symlink;
@@ -167,14 +180,28 @@ fn write_tree(fs: &UnionFs, out: impl Write, bar: &indicatif::ProgressBar) -> Re
                 }
                 EntryKind::Socket | EntryKind::Whiteout => {} // not storable in a tar / hidden
                 EntryKind::File => {
-                    if at.nlink > 1 {
-                        if let Some(first) = links.get(&at.ino) {
+                    let upper_key = if e.immutable {
+                        None
+                    } else {
+                        std::fs::symlink_metadata(upper.join(rel_dir.join(&item.name)))
+                            .ok()
+                            .filter(|m| m.is_file() && m.nlink() > 1)
+                            .map(|m| (m.dev(), m.ino()))
+                    };
+                    if at.nlink > 1 || upper_key.is_some() {
+                        let first = links
+                            .get(&at.ino)
+                            .or_else(|| upper_key.and_then(|k| upper_links.get(&k)));
+                        if let Some(first) = first {
                             spec.kind = TarKind::HardLink;
                             spec.link = Some(first.clone());
                             w.header(&spec)?;
                             continue;
                         }
                         links.insert(at.ino, path.clone());
+                        if let Some(k) = upper_key {
+                            upper_links.insert(k, path.clone());
+                        }
                     }
                     spec.size = at.size;
                     w.header(&spec)?;
