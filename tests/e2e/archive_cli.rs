@@ -937,3 +937,163 @@ fn rootless_export_writes_hard_links_as_tar_links_like_commit() {
     };
     assert_eq!(links(&committed), links(&entries));
 }
+
+/// This process's pid namespace and start time (field 22 of /proc/self/stat).
+fn my_pid_ns_and_start() -> (u64, u64) {
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let start = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
+    (ns, start)
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts `strata save -o <dir>/<name> big:1 --compress gzip`, waits until it has its
+/// output open in `dir` (compression of the big layer is then under way), kills it with
+/// SIGKILL and reaps it. Returns whether it was killed while writing (not finished).
+fn kill_save_mid_write(env: &TestEnv, dir: &Path, name: &str) -> bool {
+    let mut child = env
+        .cmd()
+        .args(["save", "--compress", "gzip", "-o"])
+        .arg(dir.join(name))
+        .arg("big:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let fds = format!("/proc/{}/fd", child.id());
+    let canon = dir.canonicalize().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let writing = loop {
+        let open_here = std::fs::read_dir(&fds).ok().is_some_and(|rd| {
+            rd.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&canon)))
+        });
+        if open_here {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let st = child.wait().unwrap();
+    writing && !st.success()
+}
+
+/// A big image: one layer of 48 MiB of noise (gzip needs a while for it).
+fn big_image(env: &TestEnv) {
+    let noise: Vec<u8> = (0..(48u32 << 20) / 4)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761) ^ (i >> 3)).to_le_bytes())
+        .collect();
+    let layer = files_tar(&[("data/", b""), ("data/noise", &noise)]);
+    add_layered_image(env, &[layer], "big:1");
+}
+
+#[test]
+fn rootless_killed_save_leaves_no_temp_file_and_the_next_save_cleans_up() {
+    let env = TestEnv::new();
+    big_image(&env);
+    let out = env.path("out");
+    std::fs::create_dir(&out).unwrap();
+    // Killed mid-write: nothing is left in the target directory (neither the target nor a
+    // temp file).
+    assert!(
+        kill_save_mid_write(&env, &out, "big.tar"),
+        "save finished before it was killed"
+    );
+    assert_eq!(names_in(&out), Vec::<String>::new());
+
+    // Temp files of killed saves that had a name (a filesystem without unnamed files): the
+    // next save removes those whose process is gone, and keeps those of live processes, of
+    // another pid namespace, and files of other names.
+    let (ns, start) = my_pid_ns_and_start();
+    let dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let me = std::process::id();
+    let planted = [
+        (format!(".strata-save-{ns}-{dead_pid}-1-00.tmp"), false),
+        // This pid with another start time: an earlier process with the same pid.
+        (
+            format!(".strata-save-{ns}-{me}-{}-01.tmp", start + 1),
+            false,
+        ),
+        (format!(".strata-save-{ns}-{me}-{start}-02.tmp"), true),
+        (format!(".strata-save-{}-{dead_pid}-1-03.tmp", ns + 1), true),
+        (".strata-save-notes.txt".to_owned(), true),
+    ];
+    for (n, _) in &planted {
+        std::fs::write(out.join(n), b"partial").unwrap();
+    }
+    env.ok(&["save", "-o", out.join("big.tar").to_str().unwrap(), "big:1"]);
+    let mut want: Vec<String> = planted
+        .iter()
+        .filter(|(_, kept)| *kept)
+        .map(|(n, _)| n.clone())
+        .collect();
+    want.push("big.tar".into());
+    want.sort();
+    assert_eq!(names_in(&out), want);
+    let t = tar_entries(&std::fs::read(out.join("big.tar")).unwrap());
+    assert!(t.iter().any(|e| e.0 == "manifest.json"));
+    // Output mode as docker's CLI writes it.
+    assert_eq!(
+        std::fs::metadata(out.join("big.tar")).unwrap().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn rootless_killed_save_into_a_fuse_dir_is_cleaned_by_the_next_save() {
+    // A FUSE union has no unnamed temp files (O_TMPFILE): save names its temp file, a kill
+    // leaves it, and the next save into that directory removes it.
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !usable {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_FUSE").is_none(),
+            "/dev/fuse is required"
+        );
+        eprintln!("skipped: /dev/fuse is not usable here");
+        return;
+    }
+    let env = TestEnv::new();
+    big_image(&env);
+    add_layered_image(&env, &[files_tar(&[("out/", b"")])], "scratch:1");
+    env.ok(&["container", "create", "scratch:1", "--name", "w"]);
+    let mnt = env.path("mnt");
+    let _m = StrataMount::start(&env, &["container", "mount", "w"], &mnt);
+    let out = mnt.join("out");
+    assert!(
+        kill_save_mid_write(&env, &out, "big.tar"),
+        "save finished before it was killed"
+    );
+    let left = names_in(&out);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].starts_with(".strata-save-") && left[0].ends_with(".tmp"),
+        "{left:?}"
+    );
+    env.ok(&[
+        "save",
+        "-o",
+        out.join("small.tar").to_str().unwrap(),
+        "scratch:1",
+    ]);
+    assert_eq!(names_in(&out), ["small.tar"]);
+}

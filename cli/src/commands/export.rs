@@ -24,10 +24,13 @@ use anyhow::{Context, Result, bail};
 use layerstore::archive::{TarEntrySpec, TarKind, TarWriter};
 use unionfs::{EntryKind, FsOptions, Ino, ROOT_INO, UnionFs};
 
+use super::save::OutputFile;
 use crate::Globals;
 use crate::progress::bytes_bar;
 use crate::union::image_lowers;
 
+/// Name prefix of the temp file `export -o` writes beside its target.
+const EXPORT_PREFIX: &str = ".strata-export-";
 /// Bytes read from the union per call.
 const READ_CHUNK: u32 = 1 << 20;
 
@@ -78,20 +81,12 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
             write_tree(&fs, &c.upper(), w, &bar)?;
         }
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(".".as_ref());
-            let tmpf = tempfile::Builder::new()
-                .prefix(".strata-export-")
-                .tempfile_in(dir)
-                .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-            let w = std::io::BufWriter::with_capacity(1 << 20, tmpf.as_file());
+            // Written beside the target and renamed (see `OutputFile`).
+            let out = OutputFile::create(path, EXPORT_PREFIX)?;
+            let w = std::io::BufWriter::with_capacity(1 << 20, out.file());
             write_tree(&fs, &c.upper(), w, &bar)
                 .with_context(|| format!("exporting to {}", path.display()))?;
-            tmpf.as_file().sync_all()?;
-            tmpf.persist(path)
-                .with_context(|| format!("writing {}", path.display()))?;
+            out.persist()?;
         }
     }
     bar.finish_and_clear();
