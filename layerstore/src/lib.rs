@@ -51,6 +51,7 @@ pub mod lease;
 pub mod maint;
 pub mod privacy;
 pub mod reference;
+pub mod repair;
 pub mod tarfmt;
 
 mod db;

@@ -55,6 +55,9 @@ pub struct FsckReport {
     pub errors: Vec<Problem>,
     /// Harmless leftovers that `gc` removes (unreferenced objects, temp files).
     pub warnings: Vec<Problem>,
+    /// Objects whose file is missing or does not hold their content (what
+    /// [`Store::repair_objects`] works on).
+    pub damaged_objects: Vec<Digest>,
 }
 
 impl FsckReport {
@@ -262,16 +265,20 @@ impl Store {
                             },
                         };
                         if let Some(m) = problem {
-                            found.lock().push(Problem {
+                            let p = Problem {
                                 subject: format!("object {d}"),
                                 message: m,
-                            });
+                            };
+                            found.lock().push((*d, p));
                         }
                     }
                 });
             }
         });
-        rep.errors.extend(found.into_inner());
+        let mut found = found.into_inner();
+        found.sort_by_key(|(d, _)| *d.bytes());
+        rep.damaged_objects = found.iter().map(|(d, _)| *d).collect();
+        rep.errors.extend(found.into_iter().map(|(_, p)| p));
         // Entries whose size disagrees with their object.
         let bad_sizes: i64 = self.with_conn(|c| {
             c.query_row(

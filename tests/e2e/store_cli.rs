@@ -790,3 +790,93 @@ fn rootless_reimporting_the_same_tar_repairs_a_corrupt_object() {
     ]);
     assert_eq!(sha256_file(&out), sha256_hex(&tar));
 }
+
+/// `fsck --repair` when no copy of the content is left (an imported tar): the damaged file is
+/// removed (a read fails instead of returning wrong bytes), the output names the file and the
+/// images that lost it, the exit code stays 1; importing the tar again brings it back.
+#[test]
+fn rootless_fsck_repair_says_what_is_lost() {
+    let env = TestEnv::new();
+    let os_release = b"PRETTY_NAME=\"strata test\"\n";
+    let f = env.write("r.tar", &rootfs_tar(""));
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    env.ok(&["tag", "x", "y:2"]);
+    let obj = object_path(&env, os_release);
+    corrupt(&obj, true);
+    let o = env.run(&["fsck", "--repair"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let hex = sha256_hex(os_release);
+    assert!(out.contains(&format!("lost: object sha256:{hex}")), "{out}");
+    assert!(out.contains("its damaged file was removed"), "{out}");
+    assert!(out.contains("/etc/os-release in layer"), "{out}");
+    assert!(out.contains("(x:latest, y:2)"), "{out}");
+    assert!(!obj.exists(), "the damaged file is gone");
+    let o = env.run(&["--format", "json", "fsck", "--repair"]);
+    assert_eq!(o.status.code(), Some(1), "still lost");
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["repair"]["lost"][0]["object"], format!("sha256:{hex}"));
+    assert_eq!(
+        rep["repair"]["lost"][0]["removed"], false,
+        "missing already"
+    );
+    let out_tar = env.path("o.tar");
+    env.fails(
+        &[
+            "layer",
+            "export",
+            &diff_id(&env, "x"),
+            "-o",
+            out_tar.to_str().unwrap(),
+        ],
+        "fsck",
+    );
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    let rep = env.json(&["fsck", "--repair"]);
+    assert_eq!(rep["after"]["errors"].as_array().unwrap().len(), 0, "{rep}");
+    assert_eq!(rep["repair"]["lost"].as_array().unwrap().len(), 0, "{rep}");
+}
+
+/// `fsck --repair` of a pulled image: a damaged object comes back from the compressed blob
+/// the pull kept, and, once that blob is gone too, from the registry the layer came from.
+#[test]
+fn fsck_repair_restores_from_the_kept_blob_then_the_registry() {
+    use crate::registry_cli::{Registry, registry_available};
+    if !registry_available() {
+        return;
+    }
+    let reg = Registry::start(None, None);
+    let name = format!("{}/repair/x:1", reg.host());
+    let os_release = b"PRETTY_NAME=\"strata test\"\n";
+    let pusher = TestEnv::new();
+    let f = pusher.write("r.tar", &rootfs_tar(""));
+    pusher.ok(&["import", f.to_str().unwrap(), &name]);
+    pusher.ok(&["push", &name]);
+    let env = TestEnv::new();
+    env.ok(&["pull", &name]);
+    let obj = object_path(&env, os_release);
+    let blobs: Vec<_> = std::fs::read_dir(env.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), 1, "the pull kept the layer's blob");
+
+    corrupt(&obj, true);
+    let o = env.run(&["fsck", "--repair"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("restored: object sha256:"), "{out}");
+    assert!(out.contains("from the kept blob sha256:"), "{out}");
+    assert_eq!(std::fs::read(&obj).unwrap(), os_release);
+
+    std::fs::remove_file(&blobs[0]).unwrap();
+    corrupt(&obj, false);
+    let rep = env.json(&["fsck", "--repair"]);
+    assert_eq!(rep["after"]["errors"].as_array().unwrap().len(), 0, "{rep}");
+    let from = &rep["repair"]["restored"][0]["from"];
+    assert_eq!(from["kind"], "registry", "{rep}");
+    assert_eq!(from["source"], format!("{}/repair/x", reg.host()), "{rep}");
+    assert_eq!(std::fs::read(&obj).unwrap(), os_release);
+    assert_eq!(mode_of(&obj), 0o400);
+    env.fsck_clean();
+}
