@@ -45,6 +45,27 @@ pub fn create_private_dir_all(dir: &Path) -> Result<()> {
         .ctx("create dir", dir)
 }
 
+/// Writes `data` to `path` (created or truncated) with [`FILE_MODE`], also when the file
+/// existed with a wider mode: for files of the store that hold secrets (a runtime bundle's
+/// `config.json` holds the container's environment).
+///
+/// # Errors
+/// I/O.
+pub fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .ctx("create", path)?;
+    f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .ctx("chmod", path)?;
+    f.write_all(data).ctx("write", path)
+}
+
 /// Creates the store root: its parents as any directory (they are the user's), the root
 /// itself with [`DIR_MODE`].
 pub(crate) fn create_root(root: &Path) -> Result<()> {
