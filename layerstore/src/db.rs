@@ -171,8 +171,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     let e = db_err(path);
     let mut conn = Connection::open(path).map_err(&e)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&e)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(&e)?;
+    set_wal(&conn).map_err(&e)?;
     // FULL: a committed transaction survives power loss (WAL + NORMAL may lose the last one).
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(&e)?;
@@ -192,6 +191,31 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
         other => other,
     })?;
     Ok(conn)
+}
+
+/// Puts the index in WAL mode. WAL is stored in the file, so it is set once: setting it on
+/// every open made a cold connection ask for the lock that converts the journal, which SQLite
+/// refuses at once (no busy handler) while another process writes — `gc` in a loop beside a
+/// writer failed to open the store with "database is locked". Reading the mode waits as
+/// usual; a conversion that meets a writer (two processes creating the store) is retried.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(err)
+                if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Opens an existing index to read it, without writing anything: `None` when the file does not
@@ -227,6 +251,13 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<Connection>> {
 /// Applies the migrations not yet applied, in one exclusive transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     let e = db_err(Path::new(":memory:"));
+    // Up to date (every open but the first after an upgrade): no write lock, no write.
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&e)?;
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Exclusive)
         .map_err(&e)?;

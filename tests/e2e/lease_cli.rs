@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -17,14 +17,17 @@ const ROUNDS: usize = 20;
 /// `strata gc` run over and over in a thread until [`GcLoop::finish`].
 struct GcLoop {
     stop: Arc<AtomicBool>,
+    /// Runs finished so far.
+    runs: Arc<AtomicU32>,
     thread: Option<std::thread::JoinHandle<(u32, Vec<String>)>>,
 }
 
 impl GcLoop {
     fn start(env: &TestEnv) -> GcLoop {
         let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU32::new(0));
         let root = env.root();
-        let flag = stop.clone();
+        let (flag, count) = (stop.clone(), runs.clone());
         let thread = std::thread::spawn(move || {
             let (mut runs, mut failures) = (0, Vec::new());
             while !flag.load(Ordering::Relaxed) {
@@ -36,6 +39,7 @@ impl GcLoop {
                     .output()
                     .unwrap();
                 runs += 1;
+                count.fetch_add(1, Ordering::Relaxed);
                 if !o.status.success() {
                     failures.push(String::from_utf8_lossy(&o.stderr).into_owned());
                 }
@@ -44,8 +48,14 @@ impl GcLoop {
         });
         GcLoop {
             stop,
+            runs,
             thread: Some(thread),
         }
+    }
+
+    /// Runs finished so far.
+    fn runs(&self) -> u32 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Stops the loop; asserts every `gc` succeeded and that it ran alongside the writer.
@@ -278,11 +288,13 @@ fn rootless_gc_beside_a_live_mount_keeps_what_it_reads() {
     assert_eq!(rep["objects"], 0, "{rep}");
     // Everything reads back, also with gc running beside the reads.
     let gc = GcLoop::start(&env);
-    for _ in 0..3 {
+    let mut reads = 0;
+    while reads < 3 || gc.runs() < 3 {
         assert!(
             read_tree(&m.mnt) == want,
             "contents differ through the mount"
         );
+        reads += 1;
     }
     gc.finish();
     m.umount_with_cli(&env);
