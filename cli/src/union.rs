@@ -382,7 +382,7 @@ pub fn serve_foreground(config: UnionConfig, mnt: &Path, state: Option<&RunState
 /// # Errors
 /// The background process could not start or failed before the mount was live.
 pub fn spawn_background(log_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    layerstore::privacy::create_private_dir_all(log_dir)?;
     let log = tempfile::Builder::new()
         .prefix("mount-")
         .suffix(".log")
@@ -492,7 +492,7 @@ impl RunState {
 
     fn write(&self) -> Result<()> {
         if let Some(d) = self.file.parent() {
-            std::fs::create_dir_all(d)?;
+            layerstore::privacy::create_private_dir_all(d)?;
         }
         let tmp = self.file.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(self)?)?;
