@@ -880,3 +880,41 @@ fn fsck_repair_restores_from_the_kept_blob_then_the_registry() {
     assert_eq!(mode_of(&obj), 0o400);
     env.fsck_clean();
 }
+
+/// Other users see an image's files only through a mount, where the kernel applies each
+/// file's own mode (`default_permissions`): as root, mount an image; another user reads its
+/// 0644 `etc/os-release` there but not its 0640 `etc/shadow`, and nothing in the store.
+#[test]
+fn another_user_reads_an_image_only_through_a_mount_by_its_modes() {
+    if !strata::is_root() {
+        eprintln!("skipped: needs root (runs cat as another user)");
+        return;
+    }
+    let Some(user) = other_user() else { return };
+    let env = TestEnv::new();
+    set_mode(env.dir.path(), 0o755);
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, mode, data) in [
+        ("etc/os-release", 0o644, &b"PRETTY_NAME=\"strata\"\n"[..]),
+        ("etc/shadow", 0o640, &b"root:$y$SECRET:19000::::::\n"[..]),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let f = env.write("r.tar", &b.into_inner().unwrap());
+    env.ok(&["import", f.to_str().unwrap(), "x"]);
+    let mnt = env.path("mnt");
+    let _m = StrataMount::start(&env, &["mount", "x"], &mnt);
+    let (ok, err) = cat_as(user, &mnt.join("etc/os-release"));
+    assert!(ok, "{err}");
+    let (ok, err) = cat_as(user, &mnt.join("etc/shadow"));
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, _) = cat_as(user, &env.root().join("store.db"));
+    assert!(!ok);
+}
