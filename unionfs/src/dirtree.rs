@@ -117,28 +117,42 @@ struct Interner {
 struct Scan {
     names: Vec<OsString>,
     opaque: bool,
+    /// Marked `overlay.impure` (overlayfs and strata set it on a directory of an upper whose
+    /// entries carry metacopy or redirect markers): all its entries' markers are read.
+    impure: bool,
 }
 
-/// Whether the open directory `fd` has one of [`OPAQUE_XATTRS`] set to `y`: one `flistxattr`,
-/// then a `fgetxattr` only for a name that matches.
-fn has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
+/// The `overlay.impure` marker of a directory (`trusted.` or `user.`).
+fn is_impure_xattr(name: &[u8]) -> bool {
+    name == b"trusted.overlay.impure" || name == b"user.overlay.impure"
+}
+
+/// Whether the open directory `fd` has one of [`OPAQUE_XATTRS`] set to `y` (one `flistxattr`,
+/// then a `fgetxattr` only for a name that matches), and whether it is marked impure.
+fn dir_xattr_flags(fd: BorrowedFd<'_>) -> (bool, bool) {
     let mut list = vec![0u8; 1024];
     let n = match rustix::fs::flistxattr(fd, &mut list[..]) {
         Ok(n) => n,
         Err(rustix::io::Errno::RANGE) => {
             let Ok(len) = rustix::fs::flistxattr_query(fd) else {
-                return false;
+                return (false, false);
             };
             list.resize(len, 0);
             match rustix::fs::flistxattr(fd, &mut list[..]) {
                 Ok(n) => n,
-                Err(_) => return false,
+                Err(_) => return (false, false),
             }
         }
-        Err(_) => return false,
+        Err(_) => return (false, false),
     };
-    list[..n.min(list.len())]
-        .split(|&b| b == 0)
+    let names = &list[..n.min(list.len())];
+    let impure = names.split(|&b| b == 0).any(is_impure_xattr);
+    (has_opaque_xattr(fd, names), impure)
+}
+
+/// Whether a name of `list` (`flistxattr`'s answer) is an opaque marker set to `y`.
+fn has_opaque_xattr(fd: BorrowedFd<'_>, list: &[u8]) -> bool {
+    list.split(|&b| b == 0)
         .filter(|name| OPAQUE_XATTRS.iter().any(|x| x.as_bytes() == *name))
         .any(|name| {
             let mut v = [0u8; 2];
@@ -422,13 +436,30 @@ impl DirTree {
             }
             names.push(OsStr::from_bytes(name).to_owned());
         }
-        let opaque = marker || has_opaque_xattr(dir.fd()?);
-        Ok((Scan { names, opaque }, dir))
+        let (opaque_xattr, impure) = dir_xattr_flags(dir.fd()?);
+        Ok((
+            Scan {
+                names,
+                opaque: marker || opaque_xattr,
+                impure,
+            },
+            dir,
+        ))
     }
 
     /// The node of `name` in `dir` with its `stat`: hard links (nlink > 1, not dirs) share
     /// one node, reached by the first name seen.
-    fn intern_stat(&self, dir: NodeId, name: &OsStr, st: &rustix::fs::Stat) -> NodeId {
+    ///
+    /// `impure`: `dir` is marked `overlay.impure`. Outside such directories a regular file can
+    /// be a metadata-only placeholder only if it is sparse (its size has no data blocks behind
+    /// it): others are known to have no markers, and their xattrs are never read for them.
+    fn intern_stat(
+        &self,
+        dir: NodeId,
+        name: &OsStr,
+        st: &rustix::fs::Stat,
+        impure: bool,
+    ) -> NodeId {
         let key = (st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1)
             .then_some((st.st_dev, st.st_ino));
         let mut n = self.nodes.write();
@@ -436,6 +467,16 @@ impl DirTree {
             return *id;
         }
         let id = Self::push(&mut n, dir, name, Some(lower_attr(st)));
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let sparse =
+            size > 0 && u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512) < size;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && !impure
+            && !sparse
+            && let Some(rec) = n.nodes.get_mut(id.0 as usize)
+        {
+            rec.marks = MarkState::None;
+        }
         if let Some(k) = key {
             n.by_inode.insert(k, id);
         }
@@ -486,7 +527,7 @@ impl DirTree {
             } else {
                 DirEntry {
                     name: name.clone(),
-                    node: self.intern_stat(dir, name, &st),
+                    node: self.intern_stat(dir, name, &st, scan.impure),
                     kind: attr.kind,
                 }
             };

@@ -29,17 +29,22 @@ use crate::xattr;
 pub(crate) struct Spelling {
     pub(crate) metacopy: &'static [u8],
     pub(crate) redirect: &'static [u8],
+    /// On a directory whose entries carry the two others (overlayfs sets it too): a reader
+    /// of the layer looks for markers on every entry there, elsewhere only on sparse files.
+    pub(crate) impure: &'static [u8],
 }
 
 /// `trusted.overlay.*`: what kernel overlayfs reads and writes as root.
 pub(crate) const TRUSTED: Spelling = Spelling {
     metacopy: b"trusted.overlay.metacopy",
     redirect: b"trusted.overlay.redirect",
+    impure: b"trusted.overlay.impure",
 };
 /// `user.overlay.*`: the same with `userxattr` (rootless).
 pub(crate) const USER: Spelling = Spelling {
     metacopy: b"user.overlay.metacopy",
     redirect: b"user.overlay.redirect",
+    impure: b"user.overlay.impure",
 };
 /// strata's markers before 0.4, read only.
 const LEGACY_METACOPY: &[u8] = b"user.strata.metacopy";

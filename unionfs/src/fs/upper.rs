@@ -213,6 +213,15 @@ impl Upper {
         }
     }
 
+    /// Marks the directory holding `entry` `overlay.impure`, as overlayfs does for a directory
+    /// whose entries carry metacopy or redirect markers, so that a reader of this upper as a
+    /// lower layer knows to look for them there. Best effort (a reader also checks sparse files).
+    pub(crate) fn mark_parent_impure(&self, entry: &Path) {
+        if let Some(dir) = entry.parent() {
+            let _ = xattr::set(dir, self.spelling().impure, b"y", 0);
+        }
+    }
+
     /// Sets the redirect marker of the entry at `path`. A value the filesystem cannot store
     /// (no user xattrs, or a path too long for one xattr value) is `EXDEV`, overlayfs's answer
     /// when it cannot redirect: `mv` then copies.

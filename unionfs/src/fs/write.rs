@@ -263,6 +263,9 @@ impl UnionFs {
         }
         self.apply_lower_meta(r, &la, &tmp)?;
         let dst = u.path(&self.path_of(ino)?);
+        if metacopy {
+            u.mark_parent_impure(&dst);
+        }
         std::fs::rename(&tmp, &dst).map_err(FsError::io("rename copied-up file", &dst))?;
         let aliases = {
             let mut t = self.table.write();
@@ -282,6 +285,9 @@ impl UnionFs {
             if let Ok(prel) = self.ensure_upper_dir(parent) {
                 let p = u.path(&prel).join(&name);
                 if p.symlink_metadata().is_err() {
+                    if metacopy {
+                        u.mark_parent_impure(&p);
+                    }
                     let _ = std::fs::hard_link(&dst, &p);
                 }
             }
@@ -765,6 +771,9 @@ impl UnionFs {
             let lower = self.lower_path_of(ino)?;
             self.redirect_file(ino, &src, &Redirect::Absolute(lower))?;
         }
+        if self.state(ino)?.metacopy {
+            u.mark_parent_impure(&path);
+        }
         std::fs::hard_link(&src, &path).map_err(FsError::io("link", &path))?;
         {
             let mut t = self.table.write();
@@ -968,6 +977,9 @@ impl UnionFs {
             None => None,
         };
         u.clear_whiteout(&nrel, new_name)?;
+        if lower_content {
+            u.mark_parent_impure(&to);
+        }
         std::fs::rename(&from, &to).map_err(FsError::io("rename", &to))?;
         if src_need_wh {
             u.make_whiteout(&prel, name)?;
