@@ -38,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -763,6 +764,7 @@ impl Store {
             let f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(crate::privacy::FILE_MODE)
                 .open(&p)
                 .ctx("create", &p)?;
             Some((f, p))

@@ -860,6 +860,8 @@ fn fsck_repair_restores_from_the_kept_blob_then_the_registry() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(blobs.len(), 1, "the pull kept the layer's blob");
+    assert_eq!(mode_of(&blobs[0]), 0o600);
+    assert_private(&env.root());
 
     corrupt(&obj, true);
     let o = env.run(&["fsck", "--repair"]);
