@@ -439,8 +439,7 @@ pub fn run_runtime(
     id: &str,
     verbose: bool,
 ) -> Result<std::process::ExitStatus> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    layerstore::privacy::create_private_dir_all(state_dir)?;
     let mut cmd = Command::new(runtime);
     cmd.arg("--root")
         .arg(state_dir)
