@@ -7,8 +7,8 @@
 //! checked, and ingesting a stored layer rewrites exactly its missing or damaged objects
 //! (`objects::Staging`). What no copy can restore is lost: its damaged file is removed, so a
 //! mount or an export fails with "missing; run 'strata fsck'" instead of serving wrong bytes,
-//! and the report names every file and image that used it. Importing or loading the same tar
-//! again restores it too.
+//! and the report names every file and image that used it. Importing the same tar again
+//! (`import`; `load` and `pull` skip layers the store has) restores it too.
 
 use std::collections::BTreeSet;
 use std::fs;

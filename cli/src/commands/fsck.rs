@@ -24,8 +24,7 @@ pub struct Args {
     /// Restore missing or damaged objects from the compressed layer blobs kept from pulls,
     /// else from the registry each layer was pulled from; remove the damaged files of those
     /// no copy restores (a read then fails instead of returning wrong bytes) and list the
-    /// files and images that lost them. Importing or loading the same tar again restores
-    /// those.
+    /// files and images that lost them. Importing the same tar again restores those.
     #[arg(long)]
     pub repair: bool,
     #[command(flatten)]
@@ -140,8 +139,9 @@ fn print_repair(before: &FsckReport, fixed: &RepairReport) {
     }
     if !fixed.lost.is_empty() {
         println!(
-            "lost objects come back when the same tar is imported or loaded again; for a \
-             pulled image, remove it ('strata rmi'), run 'strata gc' and pull it again"
+            "lost objects come back when the same tar is imported again ('strata import'); \
+             for an image that came from 'load' or 'pull' (both skip layers the store has), \
+             remove it ('strata rmi'), run 'strata gc', then load or pull it again"
         );
     }
 }
