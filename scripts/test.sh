@@ -52,6 +52,7 @@ readonly APT_PACKAGES=(
     bc          # registry benchmark arithmetic
     buildah     # a real client of strata-overlayfs (containers/storage mount_program)
     fuse-overlayfs # the peer: the same buildah steps with it, and the union benchmark
+    slirp4netns # the private network of `strata run` (outbound, DNS, -p), root and rootless
 )
 readonly FUSE_CONF=/etc/fuse.conf
 

@@ -12,11 +12,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub mod build;
 pub mod change;
 pub mod commands;
+pub mod net;
 pub mod output;
 pub mod overlay;
 pub mod progress;
 pub mod registry;
 pub mod runtime;
+pub mod seccomp;
 pub mod union;
 
 /// strata: container images without a daemon and without root.

@@ -11,12 +11,18 @@
 //! No cgroup is used (resources are left out of the spec), so hybrid cgroup layouts do not matter.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use unionfs::LowerTree;
+
+use crate::net::{Network, NetworkMode, PortSpec};
+use crate::seccomp::Seccomp;
 
 /// Environment variable set in the re-executed process inside the user namespace.
 pub const IN_USERNS_ENV: &str = "STRATA_IN_USERNS";
@@ -24,14 +30,14 @@ pub const IN_USERNS_ENV: &str = "STRATA_IN_USERNS";
 const DEFAULT_RUNTIMES: &[&str] = &["runc", "crun"];
 /// Searched after PATH for the runtime.
 const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
-/// Docker's default capability set.
+/// Docker's default capability set, without `CAP_NET_RAW` (raw sockets let a container forge
+/// packets; ping works without it through `net.ipv4.ping_group_range`, which is set below).
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -40,6 +46,50 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+];
+/// Every capability, in the kernel's order (`--cap-add ALL` takes those the kernel has).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 /// PATH when the image sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -107,6 +157,129 @@ pub struct RunSettings {
     /// Exit code of the last run.
     #[serde(default)]
     pub last_exit: Option<i32>,
+    /// Network, seccomp and capabilities (the defaults for containers stored before these
+    /// existed).
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// How a container is isolated: `--network`, `-p`, `--security-opt`, `--cap-add/--cap-drop`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Isolation {
+    /// Which network namespace.
+    pub network: NetworkMode,
+    /// Ports published from the host.
+    pub ports: Vec<PortSpec>,
+    /// The seccomp filter.
+    pub seccomp: Seccomp,
+    /// Set no_new_privs (setuid binaries then do not raise privileges).
+    pub no_new_privileges: bool,
+    /// Capabilities added to the default set (`CAP_` names, or `ALL`).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it.
+    pub cap_drop: Vec<String>,
+}
+
+impl Isolation {
+    /// Parses `run`'s flags.
+    ///
+    /// # Errors
+    /// An unknown network mode, capability or security option; a bad port spec; an
+    /// unreadable seccomp profile.
+    pub fn from_flags(
+        network: &str,
+        publish: &[String],
+        security_opts: &[String],
+        cap_add: &[String],
+        cap_drop: &[String],
+    ) -> Result<Isolation> {
+        let mut iso = Isolation {
+            network: network.parse()?,
+            ports: publish
+                .iter()
+                .map(|p| PortSpec::parse(p))
+                .collect::<Result<_>>()?,
+            cap_add: cap_add
+                .iter()
+                .map(|c| normalize_cap(c))
+                .collect::<Result<_>>()?,
+            cap_drop: cap_drop
+                .iter()
+                .map(|c| normalize_cap(c))
+                .collect::<Result<_>>()?,
+            ..Isolation::default()
+        };
+        for o in security_opts {
+            // Docker accepts `key=value` and the older `key:value`.
+            let (k, v) = o
+                .split_once('=')
+                .or_else(|| o.split_once(':'))
+                .unwrap_or((o.as_str(), ""));
+            match (k, v) {
+                ("seccomp", v) if !v.is_empty() => iso.seccomp = Seccomp::parse(v)?,
+                ("no-new-privileges", "" | "true") => iso.no_new_privileges = true,
+                ("no-new-privileges", "false") => iso.no_new_privileges = false,
+                // Asks for less confinement than strata applies anyway (it has no LSM profile).
+                ("apparmor", "unconfined") | ("label", "disable") => {}
+                _ => bail!(
+                    "--security-opt {o:?}: strata knows seccomp=unconfined|FILE and \
+                     no-new-privileges[=true|false]"
+                ),
+            }
+        }
+        if !iso.ports.is_empty() && iso.network != NetworkMode::Private {
+            bail!("-p publishes ports into a private network: not with --network host or none");
+        }
+        Ok(iso)
+    }
+
+    /// The container's capabilities, Docker's way: `--cap-add ALL` starts from every
+    /// capability, `--cap-drop ALL` from none, else from the default set; then drops, then
+    /// adds.
+    pub fn capabilities(&self) -> Vec<String> {
+        let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(ALL_CAPS.len() - 1);
+        let all = || ALL_CAPS.iter().take(last + 1).map(|c| (*c).to_owned());
+        let has = |v: &[String], c: &str| v.iter().any(|x| x == c);
+        if has(&self.cap_add, "ALL") {
+            return all().filter(|c| !has(&self.cap_drop, c)).collect();
+        }
+        let mut caps: Vec<String> = if has(&self.cap_drop, "ALL") {
+            Vec::new()
+        } else {
+            DEFAULT_CAPS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .filter(|c| !has(&self.cap_drop, c))
+                .collect()
+        };
+        for c in &self.cap_add {
+            if !caps.contains(c) {
+                caps.push(c.clone());
+            }
+        }
+        caps
+    }
+}
+
+/// `net_raw`, `NET_RAW`, `CAP_NET_RAW` → `CAP_NET_RAW`; `all` → `ALL`.
+fn normalize_cap(c: &str) -> Result<String> {
+    let up = c.trim().to_ascii_uppercase();
+    if up == "ALL" {
+        return Ok(up);
+    }
+    let name = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if !ALL_CAPS.contains(&name.as_str()) {
+        bail!("unknown capability {c:?}");
+    }
+    Ok(name)
 }
 
 /// Picks the runtime: the one asked for, else the first of runc, crun found in PATH.
@@ -138,14 +311,14 @@ pub fn find_runtime(wanted: Option<&str>) -> Result<PathBuf> {
     )
 }
 
-/// Resolves `user[:group]` (names or numbers) against the rootfs's /etc/passwd and /etc/group.
+/// Resolves `user[:group]` (names or numbers; default root) against the rootfs's /etc/passwd
+/// and /etc/group: uid, gid and, as Docker (runc's `GetExecUser`), the supplementary groups
+/// whose member lists name the user, when no group was given.
 ///
 /// # Errors
 /// A name that the image does not define.
 pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32, Vec<u32>)> {
-    let Some(spec) = user.filter(|u| !u.is_empty()) else {
-        return Ok((0, 0, Vec::new()));
-    };
+    let spec = user.filter(|u| !u.is_empty()).unwrap_or("0");
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -160,15 +333,18 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32, Vec<
                     || f.get(2).map(String::as_str) == Some(name)
             })
     };
+    let entry = find(&passwd, u);
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(n) => (
             n,
-            find(&passwd, u)
+            entry
+                .as_ref()
                 .and_then(|f| f.get(3).and_then(|g| g.parse().ok()))
                 .unwrap_or(0),
         ),
         Err(_) => {
-            let f = find(&passwd, u)
+            let f = entry
+                .as_ref()
                 .with_context(|| format!("user {u:?} is not in the image's /etc/passwd"))?;
             let uid = f
                 .get(2)
@@ -190,17 +366,175 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32, Vec<
                 .with_context(|| format!("group {g:?} is not in the image's /etc/group"))?,
         },
     };
-    Ok((uid, gid, Vec::new()))
+    let mut extra = Vec::new();
+    if let (None, Some(name)) = (g, entry.as_ref().and_then(|f| f.first())) {
+        for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            let member = f
+                .get(3)
+                .is_some_and(|m| m.split(',').any(|x| x.trim() == name));
+            if let Some(gid) = f.get(2).and_then(|v| v.parse::<u32>().ok())
+                && member
+                && !extra.contains(&gid)
+            {
+                extra.push(gid);
+            }
+        }
+    }
+    Ok((uid, gid, extra))
 }
 
-/// The OCI runtime config for a run.
+/// Directories the runtime mounts over.
+const RUNTIME_MOUNT_DIRS: &[&str] = &["proc", "sys", "dev"];
+/// Files the runtime binds over (the network's name files).
+const RUNTIME_MOUNT_FILES: &[&str] = &["etc/hosts", "etc/hostname", "etc/resolv.conf"];
+
+/// Attributes of `path` in the image (the read-only union of `fs`), `None` when it is not
+/// there. Each parent must be a directory.
+fn image_attr(fs: &unionfs::UnionFs, path: &str) -> Option<unionfs::Entry> {
+    let mut ino = unionfs::ROOT_INO;
+    let mut found = fs.getattr_entry(ino, None).ok();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        let e = fs.lookup(ino, std::ffi::OsStr::new(c)).ok()?;
+        ino = e.attr.ino;
+        found = Some(e);
+    }
+    found
+}
+
+/// The attributes and xattrs of an image entry, as an index entry takes them.
+fn meta_of(fs: &unionfs::UnionFs, e: &unionfs::Entry) -> unionfs::IndexMeta {
+    let (mtime, mtime_nsec) = match e.attr.mtime.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(0), d.subsec_nanos()),
+        Err(_) => (0, 0),
+    };
+    let xattrs = fs
+        .listxattr(e.attr.ino)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let v = fs
+                .getxattr(e.attr.ino, std::ffi::OsStr::from_bytes(&n))
+                .ok()?;
+            Some((n, v))
+        })
+        .collect();
+    unionfs::IndexMeta {
+        mode: e.attr.perm,
+        uid: e.attr.uid,
+        gid: e.attr.gid,
+        mtime,
+        mtime_nsec,
+        xattrs,
+    }
+}
+
+/// The image's layers (`lowers`, top first) with, on top, an in-memory layer holding the
+/// runtime's mount targets that the image lacks (Docker's init layer): empty `proc`, `sys`,
+/// `dev`, and empty `etc/hosts`, `etc/hostname`, `etc/resolv.conf`, under directories that
+/// carry the image's own attributes. So the runtime creates nothing in the container's
+/// writable layer: a run that changes nothing leaves no change for `diff` or `commit`, even
+/// when killed.
+///
+/// # Errors
+/// The union of the image cannot be read.
+pub fn with_init_layer(mut lowers: Vec<Arc<dyn LowerTree>>) -> Result<Vec<Arc<dyn LowerTree>>> {
+    use unionfs::{EntryKind, IndexKind, IndexMeta};
+    let fs = unionfs::UnionFs::new(lowers.clone(), None, unionfs::FsOptions::default())
+        .context("reading the image's layers")?;
+    let targets = RUNTIME_MOUNT_DIRS
+        .iter()
+        .map(|p| (*p, true))
+        .chain(RUNTIME_MOUNT_FILES.iter().map(|p| (*p, false)));
+    let mut entries: Vec<(String, IndexKind, IndexMeta)> = Vec::new();
+    let default_dir = IndexMeta {
+        mode: 0o755,
+        ..IndexMeta::default()
+    };
+    for (path, is_dir) in targets {
+        if image_attr(&fs, path).is_some() {
+            continue;
+        }
+        // Its parents, from the root: the image's where it has them; none may be a non-dir
+        // (an image whose /etc is a symlink is left to the runtime).
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut parents = Vec::new();
+        let mut ok = true;
+        for i in 0..parts.len() {
+            let p = parts[..i].join("/");
+            match image_attr(&fs, &p) {
+                Some(e) if e.attr.kind == EntryKind::Dir => parents.push((p, meta_of(&fs, &e))),
+                Some(_) => ok = false,
+                None => parents.push((p, default_dir.clone())),
+            }
+        }
+        if !ok {
+            continue;
+        }
+        for (p, meta) in parents {
+            if !entries.iter().any(|(q, _, _)| *q == p) {
+                entries.push((p, IndexKind::Dir, meta));
+            }
+        }
+        let (kind, mode) = if is_dir {
+            (IndexKind::Dir, 0o755)
+        } else {
+            (
+                IndexKind::File {
+                    size: 0,
+                    content: None,
+                },
+                0o644,
+            )
+        };
+        entries.push((
+            path.to_owned(),
+            kind,
+            IndexMeta {
+                mode,
+                ..IndexMeta::default()
+            },
+        ));
+    }
+    if entries.is_empty() {
+        return Ok(lowers);
+    }
+    let mut b = unionfs::IndexTree::builder(entries.len());
+    for (p, kind, meta) in entries {
+        b.push(&p, kind, meta)
+            .context("building the container's init layer")?;
+    }
+    lowers.insert(0, Arc::new(b.finish()));
+    Ok(lowers)
+}
+
+/// The highest group id this process's user namespace maps (for `ping_group_range`).
+fn max_mapped_gid() -> u32 {
+    std::fs::read_to_string("/proc/self/gid_map")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3 && f[2] > 0).then(|| f[0] + f[2] - 1)
+        })
+        .max()
+        .map_or(0, |g| u32::try_from(g.min(i32::MAX as u64)).unwrap_or(0))
+}
+
+/// The OCI runtime config for a run on network `net`.
+///
+/// # Errors
+/// A stored seccomp profile that no longer parses.
 pub fn runtime_spec(
     s: &RunSettings,
     rootfs: &Path,
     ids: (u32, u32, Vec<u32>),
     rootless: bool,
-) -> serde_json::Value {
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    net: &Network,
+) -> Result<serde_json::Value> {
+    let caps = s.isolation.capabilities();
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -217,7 +551,7 @@ pub fn runtime_spec(
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
-        if rootless {
+        if rootless && !net.is_private() {
             // sysfs cannot be mounted without a network namespace of one's own: bind the host's.
             json!({"destination": "/sys", "type": "none", "source": "/sys",
                    "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
@@ -226,13 +560,7 @@ pub fn runtime_spec(
                    "options": ["nosuid", "noexec", "nodev", "ro"]})
         },
     ];
-    // The host network is shared, so its name resolution is too.
-    for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if Path::new(f).exists() {
-            mounts.push(json!({"destination": f, "type": "bind", "source": f,
-                               "options": ["rbind", "ro", "nosuid", "nodev"]}));
-        }
-    }
+    mounts.extend(net.mounts());
     for b in &s.binds {
         let mut opts = vec!["rbind"];
         if b.readonly {
@@ -242,8 +570,31 @@ pub fn runtime_spec(
             json!({"destination": b.container, "type": "bind", "source": b.host, "options": opts}),
         );
     }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    namespaces.extend(net.namespace());
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                        "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                        "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+    });
+    if let Some(seccomp) = s.isolation.seccomp.to_spec(&caps)? {
+        linux["seccomp"] = seccomp;
+    }
+    if net.is_private() {
+        // Docker's way to let ping work without CAP_NET_RAW: ICMP sockets for every group.
+        linux["sysctl"] = json!({
+            "net.ipv4.ping_group_range": format!("0 {}", max_mapped_gid()),
+        });
+    }
     let (uid, gid, extra) = ids;
-    json!({
+    Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": s.tty,
@@ -252,19 +603,60 @@ pub fn runtime_spec(
             "env": s.env,
             "cwd": s.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
+            "noNewPrivileges": s.isolation.no_new_privileges
         },
         "root": {"path": rootfs, "readonly": false},
         "hostname": s.hostname,
         "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                            "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
-    })
+        "linux": linux
+    }))
+}
+
+/// Where and how a container's process starts.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// The runtime binary.
+    pub runtime: &'a Path,
+    /// The runtime's state directory (`--root`).
+    pub state_dir: &'a Path,
+    /// The bundle directory (config.json and the network's name files go there).
+    pub bundle: &'a Path,
+    /// The runtime's container id.
+    pub id: &'a str,
+    /// The mounted root filesystem.
+    pub rootfs: &'a Path,
+    /// Inside strata's user namespace (rootless).
+    pub rootless: bool,
+    /// Print the runtime's command line.
+    pub verbose: bool,
+}
+
+/// Sets up the container's network, writes the bundle's config.json and runs the process
+/// through the runtime in the foreground; the network goes when the runtime returns.
+///
+/// # Errors
+/// The network cannot be set up, the bundle cannot be written, the runtime cannot start.
+pub fn run_container(
+    l: &Launch<'_>,
+    s: &RunSettings,
+    ids: (u32, u32, Vec<u32>),
+) -> Result<std::process::ExitStatus> {
+    let net = Network::start(
+        s.isolation.network,
+        &s.isolation.ports,
+        &s.hostname,
+        l.bundle,
+    )?;
+    let spec = runtime_spec(s, l.rootfs, ids, l.rootless, &net)?;
+    // 0600: it holds the container's environment (`-e DB_PASSWORD=…`).
+    layerstore::privacy::write_private_file(
+        &l.bundle.join("config.json"),
+        &serde_json::to_vec_pretty(&spec)?,
+    )
+    .context("writing the runtime bundle")?;
+    let status = run_runtime(l.runtime, l.state_dir, l.bundle, l.id, l.verbose);
+    drop(net);
+    status
 }
 
 /// Files listing subordinate ids (shadow-utils).

@@ -8,6 +8,7 @@ mod build_cli;
 mod buildah_cli;
 mod commit_cli;
 mod common;
+mod isolation_cli;
 mod lease_cli;
 mod mount_cli;
 mod overlayfs_cli;

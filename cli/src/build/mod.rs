@@ -776,6 +776,7 @@ impl Run<'_> {
             hostname: c.short_id().to_owned(),
             runtime: None,
             last_exit: None,
+            isolation: Default::default(),
         };
         let result = (|| -> Result<Option<Digest>> {
             let code = crate::commands::run::run_in_container(self.g, store, &c, settings)?;

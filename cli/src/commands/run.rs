@@ -9,8 +9,8 @@ use unionfs::{UnionConfig, UpperDirs};
 
 use crate::Globals;
 use crate::runtime::{
-    Bind, DEFAULT_PATH, IN_USERNS_ENV, RunSettings, enter_userns_if_rootless, exit_number,
-    find_runtime, resolve_user, run_runtime, runtime_spec,
+    Bind, DEFAULT_PATH, IN_USERNS_ENV, Isolation, Launch, RunSettings, enter_userns_if_rootless,
+    exit_number, find_runtime, resolve_user, run_container, with_init_layer,
 };
 use crate::union::{RunState, cli_mount_options, image_lowers};
 
@@ -19,10 +19,28 @@ const ROOTFS_DIR: &str = "rootfs";
 /// Directory of its OCI runtime bundle.
 const BUNDLE_DIR: &str = "bundle";
 
+/// What `run --help` says about isolation, after the options.
+const ISOLATION_HELP: &str = "\
+Isolation (Docker's defaults, root and rootless):
+  network   a namespace of its own (--network private, alias bridge), connected outward
+            through slirp4netns (Debian package slirp4netns): DNS at 10.0.2.3, the address
+            10.0.2.100; the host's loopback services are out of reach; -p publishes ports.
+            --network host shares the host's; --network none has loopback only.
+  seccomp   Docker's default profile: keyctl, add_key, request_key, mount, unshare, setns,
+            new namespaces, ptrace on kernels before 4.8, ... fail with EPERM (more with
+            --cap-add SYS_ADMIN or SYS_PTRACE). --security-opt seccomp=unconfined|FILE.
+  caps      Docker's set without CAP_NET_RAW (ping still works: ping_group_range).
+            --cap-add/--cap-drop NAME or ALL.
+  privs     no_new_privs off, so setuid binaries (su) work; on with
+            --security-opt no-new-privileges.
+  users     -u USER also gets USER's supplementary groups from the image's /etc/group.
+            Rootless, root in the container is the caller and other ids are the caller's
+            subordinate ids (/etc/subuid): no more than the caller can do.";
+
 /// Run a command in a new container: its rootfs is the image's layers under a fresh writable
 /// layer (a strata union mount), the process runs through an OCI runtime (runc or crun).
 #[derive(Debug, clap::Args)]
-#[command(trailing_var_arg = true)]
+#[command(trailing_var_arg = true, after_help = ISOLATION_HELP)]
 pub struct Args {
     /// Keep standard input open (the runtime passes it through).
     #[arg(short, long)]
@@ -54,10 +72,37 @@ pub struct Args {
     /// OCI runtime binary (default: the first of runc, crun in PATH).
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Network, published ports, seccomp, capabilities (boxed: they would make every command
+    /// as large as `run`).
+    #[command(flatten)]
+    pub isolation: Box<IsolationArgs>,
     /// The image: `name[:tag]`, ID or ID prefix.
     pub image: String,
     /// The command and its arguments (default: the image's Cmd).
     pub command: Vec<String>,
+}
+
+/// `run`'s isolation flags.
+#[derive(Debug, clap::Args)]
+pub struct IsolationArgs {
+    /// Network: `private` (own namespace, outbound access through slirp4netns; alias `bridge`),
+    /// `host` (the host's interfaces and loopback services), `none` (loopback only).
+    #[arg(long, alias = "net", value_name = "MODE", default_value = "private")]
+    pub network: String,
+    /// Publish a container port on the host: `[IP:]HOSTPORT:CTRPORT[/tcp|udp]` (ranges
+    /// `A-B:C-D`); repeatable. Needs `--network private`.
+    #[arg(short, long = "publish", value_name = "[IP:]HOST:CTR")]
+    pub publish: Vec<String>,
+    /// `seccomp=unconfined`, `seccomp=FILE` (Docker's or the OCI format), or
+    /// `no-new-privileges`; repeatable.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Add a capability (`NET_RAW`, `CAP_SYS_ADMIN`, `ALL`); repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (`ALL` drops every one; `--cap-add` then adds back); repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
 }
 
 /// Start a stopped container again with the command it was created with.
@@ -170,6 +215,14 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         .iter()
         .map(|v| Bind::parse(v))
         .collect::<Result<Vec<_>>>()?;
+    let i = &a.isolation;
+    let isolation = Isolation::from_flags(
+        &i.network,
+        &i.publish,
+        &i.security_opt,
+        &i.cap_add,
+        &i.cap_drop,
+    )?;
     // Fail before creating anything when no runtime is there.
     find_runtime(a.runtime.as_deref())?;
     let c = store.create_container(a.name.as_deref(), &img.id)?;
@@ -183,6 +236,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         hostname: c.short_id().to_owned(),
         runtime: a.runtime.clone(),
         last_exit: None,
+        isolation,
     };
     store.set_container_config(&c, &serde_json::to_vec(&settings)?)?;
     let code = start_container(g, &store, &c, settings);
@@ -229,7 +283,7 @@ pub(crate) fn run_in_container(
     }
     let runtime = find_runtime(s.runtime.as_deref())?;
     let img = store.resolve_image(&c.image.to_string())?;
-    let lowers = image_lowers(store, &img)?;
+    let lowers = with_init_layer(image_lowers(store, &img)?)?;
     let rootfs = c.dir.join(ROOTFS_DIR);
     let bundle = c.dir.join(BUNDLE_DIR);
     for d in [&rootfs, &bundle] {
@@ -255,35 +309,23 @@ pub(crate) fn run_in_container(
     .with_context(|| format!("mounting the rootfs of container {}", c.name))?;
     let state = RunState::new(&g.root, &rootfs, img.id.to_string(), Some(c.id.clone()));
     state.write_now()?;
-    // Mount targets the runtime creates when the image lacks them; Docker keeps them in an
-    // init layer, so they never show in `diff` or a commit. Removed again after the run.
-    let created_targets: Vec<PathBuf> = RUNTIME_MOUNT_TARGETS
-        .iter()
-        .map(|t| rootfs.join(t))
-        .filter(|p| std::fs::symlink_metadata(p).is_err())
-        .collect();
     let result = (|| -> Result<std::process::ExitStatus> {
         let ids = resolve_user(&rootfs, s.user.as_deref())?;
         if find_executable(&rootfs, &s.args[0], &s.env).is_none() {
             return Err(CommandNotFound(s.args[0].clone()).into());
         }
-        let spec = runtime_spec(&s, &rootfs, ids, in_userns);
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&spec)?,
-        )
-        .context("writing the runtime bundle")?;
         let state_dir = g.root.join(layerstore::RUN_DIR).join("runtime");
-        run_runtime(&runtime, &state_dir, &bundle, &c.id[..32], g.verbose)
-    })();
-    for p in created_targets.iter().rev() {
-        // Only what is still an empty placeholder: a file or dir the process filled stays.
-        let _ = match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir(p),
-            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(p),
-            _ => Ok(()),
+        let launch = Launch {
+            runtime: &runtime,
+            state_dir: &state_dir,
+            bundle: &bundle,
+            id: &c.id[..32],
+            rootfs: &rootfs,
+            rootless: in_userns,
+            verbose: g.verbose,
         };
-    }
+        run_container(&launch, &s, ids)
+    })();
     state.remove_now();
     if let Err(e) = session.unmount() {
         eprintln!("warning: unmounting {}: {e}", rootfs.display());
@@ -303,10 +345,6 @@ pub(crate) fn run_in_container(
     store.set_container_config(c, &serde_json::to_vec(&s)?)?;
     Ok(code)
 }
-
-/// Paths (relative to the rootfs) the runtime mounts over; when the image lacks one, the
-/// runtime creates it in the container's writable layer.
-const RUNTIME_MOUNT_TARGETS: &[&str] = &["proc", "sys", "dev", "etc/hosts", "etc/resolv.conf"];
 
 /// The container's command is not in its filesystem.
 #[derive(Debug, thiserror::Error)]
