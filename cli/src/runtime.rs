@@ -844,3 +844,67 @@ pub fn run_runtime(
     }
     run_forwarding_signals(&mut cmd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iso(add: &[&str], drop: &[&str]) -> Isolation {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        Isolation::from_flags("private", &[], &[], &v(add), &v(drop)).unwrap()
+    }
+
+    #[test]
+    fn capabilities_follow_docker() {
+        let caps = iso(&[], &[]).capabilities();
+        assert!(!caps.contains(&"CAP_NET_RAW".to_owned()));
+        assert!(caps.contains(&"CAP_CHOWN".to_owned()));
+        let caps = iso(&["net_raw"], &["chown"]).capabilities();
+        assert!(caps.contains(&"CAP_NET_RAW".to_owned()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_owned()));
+        assert_eq!(iso(&["KILL"], &["ALL"]).capabilities(), ["CAP_KILL"]);
+        let all = iso(&["ALL"], &["SYS_ADMIN"]).capabilities();
+        assert!(all.contains(&"CAP_SYS_PTRACE".to_owned()));
+        assert!(!all.contains(&"CAP_SYS_ADMIN".to_owned()));
+        assert!(Isolation::from_flags("private", &[], &[], &["BOGUS".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn security_options() {
+        let o = |opts: &[&str]| {
+            let v: Vec<String> = opts.iter().map(|s| (*s).to_owned()).collect();
+            Isolation::from_flags("private", &[], &v, &[], &[])
+        };
+        assert!(o(&["no-new-privileges"]).unwrap().no_new_privileges);
+        assert!(!o(&["no-new-privileges:false"]).unwrap().no_new_privileges);
+        assert_eq!(
+            o(&["seccomp=unconfined"]).unwrap().seccomp,
+            Seccomp::Unconfined
+        );
+        assert!(o(&["label=disable", "apparmor=unconfined"]).is_ok());
+        assert!(o(&["apparmor=docker-default"]).is_err());
+        assert!(Isolation::from_flags("host", &["80:80".into()], &[], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nwheel:x:10:root,app\naudio:x:29:app\napp:x:1000:\n",
+        )
+        .unwrap();
+        let r = |u: Option<&str>| resolve_user(dir.path(), u).unwrap();
+        assert_eq!(r(Some("app")), (1000, 1000, vec![10, 29]));
+        assert_eq!(r(Some("1000")), (1000, 1000, vec![10, 29]));
+        assert_eq!(r(Some("app:audio")), (1000, 29, vec![]));
+        assert_eq!(r(None), (0, 0, vec![10]));
+        assert_eq!(r(Some("4242")), (4242, 0, vec![]));
+    }
+}
