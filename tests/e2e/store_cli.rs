@@ -883,6 +883,48 @@ fn fsck_repair_restores_from_the_kept_blob_then_the_registry() {
     env.fsck_clean();
 }
 
+/// `run -e SECRET=…`: the secret is in the index and in the runtime bundle's config.json, and
+/// neither is readable by anyone but the owner: config.json is 0600 under 0700 directories.
+#[test]
+fn rootless_run_keeps_the_bundle_and_its_environment_private() {
+    if !have_runtime_and_busybox() {
+        return;
+    }
+    let env = TestEnv::new();
+    let f = env.write("bb.tar", &busybox_tar().unwrap());
+    env.ok(&["import", f.to_str().unwrap(), "bb"]);
+    env.ok(&[
+        "run",
+        "--name",
+        "c",
+        "-e",
+        "DB_PASSWORD=s3cret",
+        "bb",
+        "true",
+    ]);
+    let c = std::fs::read_dir(env.root().join("containers"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let config = c.join("bundle/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("DB_PASSWORD=s3cret"), "{text}");
+    assert_eq!(mode_of(&config), 0o600);
+    let root = env.root();
+    for dir in [
+        root.clone(),
+        root.join("containers"),
+        c.clone(),
+        root.join("run"),
+        root.join("run/runtime"),
+    ] {
+        assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode_of(&root.join("store.db")), 0o600);
+}
+
 /// Other users see an image's files only through a mount, where the kernel applies each
 /// file's own mode (`default_permissions`): as root, mount an image; another user reads its
 /// 0644 `etc/os-release` there but not its 0640 `etc/shadow`, and nothing in the store.
