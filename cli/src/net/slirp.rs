@@ -38,8 +38,6 @@ const PACKAGE: &str = "slirp4netns";
 const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"];
 /// How long slirp4netns may take to configure the namespace.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long it may take to exit once told to.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The tap device slirp4netns opens inside the namespace.
 const TUN: &str = "/dev/net/tun";
 /// The name of the container's interface.
@@ -241,18 +239,13 @@ impl Slirp {
         Ok(slirp)
     }
 
-    /// Stops slirp4netns: closes its exit pipe, waits a little, then kills it.
+    /// Stops slirp4netns. It keeps no state worth a graceful exit, and it notices a closed
+    /// exit pipe only at its next poll timeout (20-30 ms measured): so it is killed, and the
+    /// exit pipe is for when strata dies.
     pub(super) fn stop(&mut self) {
-        drop(self.exit_w.take());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(self.exit_w.take());
     }
 }
 
