@@ -104,6 +104,11 @@ setup_fuse() {
     fi
     # Without udev the node is 0600 and only root can mount; Debian's udev rule makes it 0666.
     [[ -e /dev/fuse ]] && chmod 0666 /dev/fuse
+    # udev's mode: rootless slirp4netns (the containers' private network) opens it.
+    if [[ ! -e /dev/net/tun ]]; then
+        mkdir -p /dev/net && mknod -m 0666 /dev/net/tun c 10 200 || log "warning: no /dev/net/tun"
+    fi
+    [[ -e /dev/net/tun ]] && chmod 0666 /dev/net/tun
     # Lets an unprivileged mount use allow_other (fusermount3 reads this file).
     if ! grep -qx 'user_allow_other' "$FUSE_CONF" 2>/dev/null; then
         echo user_allow_other >>"$FUSE_CONF"
