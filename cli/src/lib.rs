@@ -101,6 +101,10 @@ pub enum Command {
     Ps(commands::run::PsArgs),
     /// Remove containers (same as `container rm`).
     Rm(commands::container::RmArgs),
+    /// Stop running containers (same as `container stop`).
+    Stop(commands::container::StopArgs),
+    /// Send a signal to running containers (same as `container kill`).
+    Kill(commands::container::KillArgs),
     /// Log in to a registry.
     Login(commands::login::Args),
     /// Log out from a registry.
@@ -249,6 +253,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Start(a) => commands::run::run_start(&g, a),
         Command::Ps(a) => commands::run::run_ps(&g, a),
         Command::Rm(a) => commands::container::run(&g, commands::container::Command::Rm(a)),
+        Command::Stop(a) => commands::container::stop(&g, a),
+        Command::Kill(a) => commands::container::kill(&g, a),
         Command::Login(a) => commands::login::run(&g, a),
         Command::Logout(a) => commands::logout::run(&g, a),
         Command::Push(a) => commands::push::run(&g, a),

@@ -10,12 +10,15 @@ use rusqlite::params;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::now_rfc3339;
+use crate::lease::Holder;
 use crate::store::{CONTAINERS_DIR, Store};
 
 /// Name of the writable layer's directory inside a container's directory.
 pub const UPPER_DIR: &str = "upper";
 /// Name of the union's scratch directory (same filesystem as `upper/`).
 pub const WORK_DIR: &str = "work";
+/// The owner record (see [`Store::set_container_owner`]) inside a container's directory.
+pub const OWNER_FILE: &str = "owner";
 /// Docker's rule for container names.
 const NAME_RULE: &str = "[a-zA-Z0-9][a-zA-Z0-9_.-]*";
 
@@ -279,8 +282,42 @@ impl Store {
         })
     }
 
-    /// Container directories that have no record (left by a crash), for gc.
-    pub(crate) fn orphan_container_dirs(&self) -> Result<Vec<PathBuf>> {
+    /// Records this process as the one that has the container mounted or running (pid, start
+    /// time, boot): [`Store::container_owner`] tells later commands whether it still runs.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn set_container_owner(&self, c: &ContainerRecord) -> Result<()> {
+        let h = Holder::current();
+        let p = c.dir.join(OWNER_FILE);
+        let tmp = c.dir.join(format!("{OWNER_FILE}.tmp"));
+        let text = format!("{} {} {} {}\n", h.pid, h.start, h.boot_id, h.pid_ns);
+        fs::write(&tmp, text).ctx("write", &tmp)?;
+        fs::rename(&tmp, &p).ctx("rename", &p)
+    }
+
+    /// The process recorded by [`Store::set_container_owner`], if its record is there.
+    pub fn container_owner(&self, c: &ContainerRecord) -> Option<Holder> {
+        let text = fs::read_to_string(c.dir.join(OWNER_FILE)).ok()?;
+        let f: Vec<&str> = text.split_whitespace().collect();
+        Some(Holder {
+            pid: f.first()?.parse().ok()?,
+            start: f.get(1)?.parse().ok()?,
+            boot_id: (*f.get(2)?).to_owned(),
+            pid_ns: f.get(3)?.parse().ok()?,
+        })
+    }
+
+    /// Forgets the owner (its mount is gone).
+    pub fn clear_container_owner(&self, c: &ContainerRecord) {
+        let _ = fs::remove_file(c.dir.join(OWNER_FILE));
+    }
+
+    /// Container directories that have no record (left by a crash), for gc and fsck.
+    ///
+    /// # Errors
+    /// I/O, a damaged index.
+    pub fn orphan_container_dirs(&self) -> Result<Vec<PathBuf>> {
         let known: std::collections::HashSet<String> =
             self.containers()?.into_iter().map(|c| c.id).collect();
         let dir = self.containers_dir();
@@ -300,7 +337,10 @@ impl Store {
     }
 
     /// Removes orphan container dirs (with the exclusive lock held, from gc).
-    pub(crate) fn remove_orphan_container_dirs(&self, dirs: &[PathBuf]) -> Result<()> {
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn remove_orphan_container_dirs(&self, dirs: &[PathBuf]) -> Result<()> {
         for d in dirs {
             fs::remove_dir_all(d).ctx("remove", d)?;
         }

@@ -10,6 +10,7 @@ mod commit_cli;
 mod common;
 mod isolation_cli;
 mod lease_cli;
+mod lifecycle_cli;
 mod mount_cli;
 mod overlayfs_cli;
 mod registry_cli;

@@ -2,10 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
 use layerstore::blobs::{ExpectedBlob, LayerBlob};
 use layerstore::repair::RepairReport;
-use layerstore::{FsckReport, Store};
+use layerstore::{FsckReport, Problem, Store};
 
 use crate::Globals;
 use crate::output::print_json;
@@ -44,13 +46,20 @@ struct RepairOutput<'a> {
 /// # Errors
 /// The check could not run.
 pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
+    if a.repair
+        && let Some(code) = crate::runtime::enter_userns_for_container_files(&g.root)?
+    {
+        return Ok(code);
+    }
     let store = g.store()?;
+    let containers = check_containers(g, &store, a.repair)?;
     let workers = a.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let rep = store.fsck(workers)?;
+    let mut rep = store.fsck(workers)?;
+    rep.errors.extend(containers);
     if !a.repair {
         if g.json() {
             print_json(&rep)?;
@@ -65,7 +74,9 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
     let after = if rep.ok() && fixed.restored.is_empty() && fixed.lost.is_empty() {
         rep.clone()
     } else {
-        store.fsck(workers)?
+        let mut after = store.fsck(workers)?;
+        after.errors.extend(check_containers(g, &store, false)?);
+        after
     };
     if g.json() {
         print_json(&RepairOutput {
@@ -170,4 +181,100 @@ fn refetch(store: &Store, opts: &ClientOptions, b: &LayerBlob) -> Result<bool> {
         bail!("{}", e.chain_text());
     }
     Ok(true)
+}
+
+/// Container leftovers: directories under `containers/` without a record (a crash between
+/// the record and the directory) and mounts under it whose owner is gone (kill -9 of
+/// `strata run`). With `repair`, the stale mounts are detached and the orphan directories
+/// removed, and what could not be fixed is returned; else what was found.
+fn check_containers(g: &Globals, store: &Store, repair: bool) -> Result<Vec<Problem>> {
+    use crate::commands::container::{is_live, lazy_unmount, reap_dead};
+    let mut problems = Vec::new();
+    // Stale mounts of recorded containers.
+    for c in store.containers()? {
+        if is_live(&g.root, store, &c) {
+            continue;
+        }
+        let mnt = c
+            .dir
+            .canonicalize()
+            .map(|d| d.join("rootfs"))
+            .unwrap_or_else(|_| c.dir.join("rootfs"));
+        if !crate::union::is_mountpoint(&mnt)? {
+            continue;
+        }
+        if repair {
+            match reap_dead(&g.root, store, &c) {
+                Ok(_) => println!("repaired: unmounted the stale mount {}", mnt.display()),
+                Err(e) => problems.push(Problem {
+                    subject: format!("container {}", c.name),
+                    message: format!("{e:#}"),
+                }),
+            }
+        } else {
+            problems.push(Problem {
+                subject: format!("container {}", c.name),
+                message: format!(
+                    "{} is a stale mount (the process that mounted it is gone); 'strata fsck \
+                     --repair' or 'strata rm {}' detaches it",
+                    mnt.display(),
+                    c.name
+                ),
+            });
+        }
+    }
+    // Orphan directories, and mounts left inside them.
+    let _x = if repair {
+        Some(store.lock_exclusive()?)
+    } else {
+        None
+    };
+    for d in store.orphan_container_dirs()? {
+        let base = d.canonicalize().unwrap_or_else(|_| d.clone());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&base))
+            .collect();
+        mounts.sort();
+        mounts.dedup();
+        if !repair {
+            for m in &mounts {
+                problems.push(Problem {
+                    subject: format!("mount {}", m.display()),
+                    message: "a stale mount in a container directory without a record; \
+                              'strata fsck --repair' detaches it"
+                        .into(),
+                });
+            }
+            problems.push(Problem {
+                subject: format!("container directory {}", d.display()),
+                message: "no container record names it (left by an interrupted rm or \
+                          create); 'strata fsck --repair' removes it"
+                    .into(),
+            });
+            continue;
+        }
+        let r = (|| -> Result<()> {
+            for m in mounts.iter().rev() {
+                lazy_unmount(m)?;
+                println!("repaired: unmounted the stale mount {}", m.display());
+            }
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+            println!(
+                "repaired: removed the orphan container directory {}",
+                d.display()
+            );
+            Ok(())
+        })();
+        if let Err(e) = r {
+            problems.push(Problem {
+                subject: format!("container directory {}", d.display()),
+                message: format!("{e:#}"),
+            });
+        }
+    }
+    Ok(problems)
 }

@@ -272,6 +272,7 @@ pub(crate) fn run_in_container(
     c: &ContainerRecord,
     mut s: RunSettings,
 ) -> Result<i32> {
+    crate::commands::container::reap_dead(&g.root, store, c)?;
     if RunState::list(&g.root)
         .iter()
         .any(|r| r.container.as_deref() == Some(&c.id))
@@ -283,6 +284,7 @@ pub(crate) fn run_in_container(
     }
     let runtime = find_runtime(s.runtime.as_deref())?;
     let img = store.resolve_image(&c.image.to_string())?;
+    let _lease = crate::union::lease_image(store, &img)?;
     let lowers = with_init_layer(image_lowers(store, &img)?)?;
     let rootfs = c.dir.join(ROOTFS_DIR);
     let bundle = c.dir.join(BUNDLE_DIR);
@@ -309,6 +311,7 @@ pub(crate) fn run_in_container(
     .with_context(|| format!("mounting the rootfs of container {}", c.name))?;
     let state = RunState::new(&g.root, &rootfs, img.id.to_string(), Some(c.id.clone()));
     state.write_now()?;
+    store.set_container_owner(c)?;
     let result = (|| -> Result<std::process::ExitStatus> {
         let ids = resolve_user(&rootfs, s.user.as_deref())?;
         if find_executable(&rootfs, &s.args[0], &s.env).is_none() {
@@ -330,6 +333,7 @@ pub(crate) fn run_in_container(
     if let Err(e) = session.unmount() {
         eprintln!("warning: unmounting {}: {e}", rootfs.display());
     }
+    store.clear_container_owner(c);
     let status = match result {
         Err(e) if e.downcast_ref::<CommandNotFound>().is_some() => {
             // Docker's answer for a command the image does not have: exit code 127.
@@ -453,6 +457,7 @@ pub fn run_ps(g: &Globals, a: PsArgs) -> Result<ExitCode> {
     let live = RunState::list(&g.root);
     let mut out = Vec::new();
     for c in store.containers()? {
+        let _ = crate::commands::container::reap_dead(&g.root, &store, &c);
         let s: Option<RunSettings> = store
             .container_config(&c)?
             .and_then(|b| serde_json::from_slice(&b).ok());
