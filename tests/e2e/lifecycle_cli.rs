@@ -149,10 +149,7 @@ fn rm_after_kill_9_removes_the_mount_the_runtime_state_and_the_dir() {
 }
 
 #[test]
-fn rm_force_kills_a_running_container() {
-    if !is_root() {
-        return;
-    }
+fn rootless_rm_force_kills_a_running_container() {
     let Some(env) = busybox_env() else { return };
     let mut child = start_run(&env, "x", &["sleep", "1303"], "1303");
     env.fails(&["rm", "x"], "running");
@@ -167,10 +164,7 @@ fn rm_force_kills_a_running_container() {
 }
 
 #[test]
-fn stop_sends_term_then_kill_after_the_grace_period() {
-    if !is_root() {
-        return;
-    }
+fn rootless_stop_sends_term_then_kill_after_the_grace_period() {
     let Some(env) = busybox_env() else { return };
     // A process that ignores SIGTERM: stop -t 1 kills it after about a second.
     let mut child = start_run(
@@ -209,10 +203,7 @@ fn stop_sends_term_then_kill_after_the_grace_period() {
 }
 
 #[test]
-fn kill_sends_the_signal() {
-    if !is_root() {
-        return;
-    }
+fn rootless_kill_sends_the_signal() {
     let Some(env) = busybox_env() else { return };
     let mut child = start_run(
         &env,

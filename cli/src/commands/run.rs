@@ -466,7 +466,9 @@ pub fn run_ps(g: &Globals, a: PsArgs) -> Result<ExitCode> {
             .ok()
             .and_then(|i| i.tags.first().map(|t| t.familiar()))
             .unwrap_or_else(|| c.image.short());
-        let status = if live.iter().any(|r| r.container.as_deref() == Some(&c.id)) {
+        let status = if live.iter().any(|r| r.container.as_deref() == Some(&c.id))
+            || crate::commands::container::is_live(&g.root, &store, &c)
+        {
             "Up".to_owned()
         } else {
             match s.as_ref().and_then(|s| s.last_exit) {
