@@ -148,6 +148,10 @@ pub struct RunSettings {
     pub user: Option<String>,
     /// Allocate a TTY.
     pub tty: bool,
+    /// Attach standard input (`-i`): without it (and without `-t`) the process reads
+    /// `/dev/null`, as docker's, so a `while read` loop around `strata run` keeps its input.
+    #[serde(default)]
+    pub interactive: bool,
     /// Bind mounts.
     pub binds: Vec<Bind>,
     /// Hostname.
@@ -654,7 +658,8 @@ pub fn run_container(
         &serde_json::to_vec_pretty(&spec)?,
     )
     .context("writing the runtime bundle")?;
-    let status = run_runtime(l.runtime, l.state_dir, l.bundle, l.id, l.verbose);
+    let stdin = s.interactive || s.tty;
+    let status = run_runtime(l.runtime, l.state_dir, l.bundle, l.id, l.verbose, stdin);
     drop(net);
     status
 }
@@ -820,7 +825,8 @@ pub fn run_forwarding_signals(cmd: &mut Command) -> Result<std::process::ExitSta
     Ok(status)
 }
 
-/// Runs `runtime run` in the foreground, forwarding signals to it.
+/// Runs `runtime run` in the foreground, forwarding signals to it; standard input is passed
+/// through only with `stdin` (`-i` or `-t`).
 ///
 /// # Errors
 /// The runtime cannot be started.
@@ -830,9 +836,13 @@ pub fn run_runtime(
     bundle: &Path,
     id: &str,
     verbose: bool,
+    stdin: bool,
 ) -> Result<std::process::ExitStatus> {
     layerstore::privacy::create_private_dir_all(state_dir)?;
     let mut cmd = Command::new(runtime);
+    if !stdin {
+        cmd.stdin(std::process::Stdio::null());
+    }
     cmd.arg("--root")
         .arg(state_dir)
         .arg("run")

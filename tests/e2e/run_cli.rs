@@ -141,6 +141,28 @@ fn rootless_run_passes_stdin_through() {
 }
 
 #[test]
+fn rootless_run_without_i_does_not_take_stdin() {
+    let Some(env) = busybox_env() else { return };
+    // Without -i the process reads /dev/null, as docker's: `cat` ends at once and prints
+    // nothing, and the caller's input stays for the caller.
+    let script = format!(
+        "printf 'a\\nb\\n' | while read x; do {} --root {} run --rm bb cat; echo \"got $x\"; done",
+        strata_bin().display(),
+        env.root().display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got a\ngot b\n");
+}
+
+#[test]
 fn rootless_run_sigterm_reaches_the_process_and_the_mount_goes() {
     let Some(env) = busybox_env() else { return };
     let child = env

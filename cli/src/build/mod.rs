@@ -772,6 +772,7 @@ impl Run<'_> {
             cwd: st.workdir(),
             user: rc.user.clone().filter(|u| !u.is_empty()),
             tty: false,
+            interactive: false,
             binds: Vec::new(),
             hostname: c.short_id().to_owned(),
             runtime: None,

@@ -232,6 +232,7 @@ pub fn run(g: &Globals, a: Args) -> Result<ExitCode> {
         cwd,
         user,
         tty: a.tty,
+        interactive: a.interactive,
         binds,
         hostname: c.short_id().to_owned(),
         runtime: a.runtime.clone(),
@@ -434,7 +435,10 @@ pub fn run_start(g: &Globals, a: StartArgs) -> Result<ExitCode> {
             c.name
         );
     };
-    let s: RunSettings = serde_json::from_slice(&bytes).context("the container's run settings")?;
+    let mut s: RunSettings =
+        serde_json::from_slice(&bytes).context("the container's run settings")?;
+    // As docker's: standard input is attached when this start asks for it (`-i`).
+    s.interactive = a.interactive;
     start_container(g, &store, &c, s)
 }
 
