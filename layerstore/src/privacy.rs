@@ -12,7 +12,7 @@
 //! with the modes the container asks for, and writes `save -o`/`export -o` files for the user.
 //!
 //! A store made by an older strata (0755 dirs, 0644 index, 0444 objects) is tightened when it
-//! is opened: see [`tighten`].
+//! is opened: see `tighten`.
 
 use std::fs::{self, DirBuilder};
 use std::io::ErrorKind;
@@ -81,7 +81,7 @@ pub(crate) fn create_root(root: &Path) -> Result<()> {
     }
 }
 
-/// What [`tighten`] changed, for the one message the CLI prints.
+/// What `tighten` changed, for the one message the CLI prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tightened {
     /// The store root.
@@ -198,7 +198,7 @@ fn restrict_containers(dir: &Path, t: &mut Tightened) -> Result<()> {
 /// The runtime bundle of a container (`containers/<id>/bundle/config.json`), written by the CLI.
 const BUNDLE_DIR: &str = "bundle";
 
-/// Turns an error of [`tighten`] into the message the CLI prints instead of the notice.
+/// Turns an error of `tighten` into the message the CLI prints instead of the notice.
 pub(crate) fn failed(root: &Path, was: u32, e: &Error) -> String {
     format!(
         "the store at {} is readable by other users (mode {was:04o}) and could not be made \
