@@ -134,8 +134,8 @@ fn mount(g: &Globals, a: MountArgs) -> Result<ExitCode> {
     if !a.foreground && g.root.join(layerstore::DB_FILE).is_file() {
         return spawn_background(&crate::union::run_dir(&g.root)).map(|()| ExitCode::SUCCESS);
     }
-    let store = layerstore::Store::open_reader(&g.root)
-        .with_context(|| format!("opening the store at {}", g.root.display()))?;
+    // Through the globals, so a store an older strata left open is tightened with its notice.
+    let store = g.store_reader()?;
     let c = store.resolve_container(&a.container)?;
     if let Some(s) = RunState::list(&g.root)
         .into_iter()

@@ -289,9 +289,10 @@ pub(crate) fn run_in_container(
     let lowers = with_init_layer(image_lowers(store, &img)?)?;
     let rootfs = c.dir.join(ROOTFS_DIR);
     let bundle = c.dir.join(BUNDLE_DIR);
-    for d in [&rootfs, &bundle] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+    // Private: its config.json holds the container's environment.
+    layerstore::privacy::create_private_dir_all(&bundle)
+        .with_context(|| format!("creating {}", bundle.display()))?;
     let in_userns = std::env::var_os(IN_USERNS_ENV).is_some();
     let mut options = cli_mount_options("strata");
     // Processes of other users in the container must reach the files too.
