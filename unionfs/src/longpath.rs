@@ -121,10 +121,9 @@ pub(crate) fn proc_path(
 #[derive(Debug, Clone)]
 pub(crate) struct SysPath {
     path: PathBuf,
-    /// The directory the path string starts from, when it is not `base`'s own path.
+    /// The directory the path string starts from (`/proc/self/fd/N/…`), when it is not
+    /// `base`'s own path. Short paths (nearly all) are `base/rel` and hold nothing else.
     anchor: Option<Arc<OwnedFd>>,
-    /// The path relative to that anchor (or to the base), for re-anchoring a longer join.
-    rel: PathBuf,
     base: Arc<Base>,
 }
 
@@ -166,39 +165,32 @@ impl SysPath {
     pub(crate) fn new(base: &Arc<Base>, rel: &Path) -> SysPath {
         let plain = base.path.join(rel);
         if plain.as_os_str().len() < LONG {
-            return SysPath {
-                path: plain,
-                anchor: None,
-                rel: rel.to_path_buf(),
-                base: base.clone(),
-            };
+            return Self::plain(base, plain);
         }
-        match anchor(base.fd.as_fd(), rel) {
-            Ok((Some(fd), rest)) => SysPath {
-                path: proc_fd(&fd, &rest),
-                anchor: Some(Arc::new(fd)),
-                rel: rest,
-                base: base.clone(),
-            },
+        let anchored = match anchor(base.fd.as_fd(), rel) {
+            Ok((Some(fd), rest)) => Some((fd, rest)),
             // A short `rel` under a long base: anchor at the base itself.
-            Ok((None, rest)) => match base.fd.try_clone() {
-                Ok(fd) => SysPath {
-                    path: proc_fd(&fd, &rest),
-                    anchor: Some(Arc::new(fd)),
-                    rel: rest,
-                    base: base.clone(),
-                },
-                Err(_) => Self::plain(base, plain, rel),
-            },
-            Err(_) => Self::plain(base, plain, rel),
+            Ok((None, rest)) => base.fd.try_clone().ok().map(|fd| (fd, rest)),
+            Err(_) => None,
+        };
+        match anchored {
+            Some((fd, rest)) => Self::anchored(base, fd, &rest),
+            None => Self::plain(base, plain),
         }
     }
 
-    fn plain(base: &Arc<Base>, plain: PathBuf, rel: &Path) -> SysPath {
+    fn plain(base: &Arc<Base>, path: PathBuf) -> SysPath {
         SysPath {
-            path: plain,
+            path,
             anchor: None,
-            rel: rel.to_path_buf(),
+            base: base.clone(),
+        }
+    }
+
+    fn anchored(base: &Arc<Base>, fd: OwnedFd, rest: &Path) -> SysPath {
+        SysPath {
+            path: proc_fd(&fd, rest),
+            anchor: Some(Arc::new(fd)),
             base: base.clone(),
         }
     }
@@ -207,29 +199,25 @@ impl SysPath {
     /// descriptor as needed.
     pub(crate) fn join(&self, name: impl AsRef<Path>) -> SysPath {
         let name = name.as_ref();
-        if self.path.as_os_str().len() + 1 + name.as_os_str().len() < LONG {
-            let mut s = self.clone();
-            s.path.push(name);
-            s.rel.push(name);
+        let mut s = self.clone();
+        s.path.push(name);
+        if s.path.as_os_str().len() < LONG {
             return s;
         }
-        let rel = self.rel.join(name);
+        // Too long now: anchor again below what this path starts from.
         match &self.anchor {
-            None => SysPath::new(&self.base, &rel),
-            Some(a) => match anchor(a.as_fd(), &rel) {
-                Ok((Some(fd), rest)) => SysPath {
-                    path: proc_fd(&fd, &rest),
-                    anchor: Some(Arc::new(fd)),
-                    rel: rest,
-                    base: self.base.clone(),
-                },
-                _ => {
-                    let mut s = self.clone();
-                    s.path.push(name);
-                    s.rel = rel;
-                    s
+            None => {
+                let rel = s.path.strip_prefix(&self.base.path).map(Path::to_path_buf);
+                rel.map_or(s, |rel| SysPath::new(&self.base, &rel))
+            }
+            Some(a) => {
+                let start = proc_fd(a, Path::new(""));
+                let rel = s.path.strip_prefix(&start).map(Path::to_path_buf);
+                match rel.map(|rel| anchor(a.as_fd(), &rel)) {
+                    Ok(Ok((Some(fd), rest))) => Self::anchored(&self.base, fd, &rest),
+                    _ => s,
                 }
-            },
+            }
         }
     }
 }

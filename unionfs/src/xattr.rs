@@ -32,8 +32,23 @@ pub(crate) fn get(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// All xattr names of `path`.
+fn split_names(buf: &[u8]) -> Vec<Vec<u8>> {
+    buf.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// All xattr names of `path`. One `llistxattr` into a stack buffer for the usual short list
+/// (every lookup of an upper entry asks), the size query only when it does not fit.
 pub(crate) fn list(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut small = [0u8; 512];
+    match rustix::fs::llistxattr(path, &mut small[..]) {
+        Ok(n) => return Ok(split_names(&small[..n.min(small.len())])),
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(rustix::io::Errno::RANGE) => {}
+        Err(e) => return Err(e.into()),
+    }
     loop {
         let size = match rustix::fs::llistxattr_query(path) {
             Ok(s) => s,
@@ -44,11 +59,7 @@ pub(crate) fn list(path: &Path) -> io::Result<Vec<Vec<u8>>> {
         match rustix::fs::llistxattr(path, &mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(buf
-                    .split(|b| *b == 0)
-                    .filter(|n| !n.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect());
+                return Ok(split_names(&buf));
             }
             Err(rustix::io::Errno::RANGE) => continue,
             Err(e) => return Err(e.into()),
