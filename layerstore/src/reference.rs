@@ -769,18 +769,7 @@ impl Store {
                 params![reference.to_string(), image.bytes(), now_rfc3339()],
             )
         })
-        .map_err(|e| match e {
-            Error::Db { source, .. }
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-            {
-                Error::NotFound {
-                    kind: "image",
-                    name: image.to_string(),
-                    hint: String::new(),
-                }
-            }
-            e => e,
-        })?;
+        .map_err(crate::store::image_missing(image))?;
         Ok(())
     }
 

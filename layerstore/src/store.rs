@@ -333,18 +333,7 @@ impl Store {
                 params![r.to_string(), image.bytes(), now_rfc3339()],
             )
         })
-        .map_err(|e| match e {
-            Error::Db { source, .. }
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-            {
-                Error::NotFound {
-                    kind: "image",
-                    name: image.to_string(),
-                    hint: String::new(),
-                }
-            }
-            e => e,
-        })?;
+        .map_err(image_missing(image))?;
         Ok(r)
     }
 
@@ -663,5 +652,21 @@ impl Store {
         self.with_tx(|tx| tx.execute("DELETE FROM images WHERE id = ?1", [rec.id.bytes()]))?;
         out.push(Removal::Deleted(rec.id));
         Ok(out)
+    }
+}
+
+/// A tag row's foreign key refused (`ConstraintViolation`): the image is not in the store.
+pub(crate) fn image_missing(image: &Digest) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Db { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+        {
+            Error::NotFound {
+                kind: "image",
+                name: image.to_string(),
+                hint: String::new(),
+            }
+        }
+        e => e,
     }
 }
